@@ -1,0 +1,238 @@
+package imageconv
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Summary describes one conversion.
+type Summary struct {
+	Layers             int
+	SourceCompressed   int64 // bytes of the source's layer blobs
+	SourceUncompressed int64 // bytes of the source's layer tars
+	ImageSize          int64 // bytes of the flattened ext4 image
+	ArtifactSize       int64 // bytes of the artifact: manifest, index and data blobs
+	ChunkSize          int64
+	Chunks             int
+	ZeroChunks         int
+	UniqueChunks       int
+	Elapsed            time.Duration
+}
+
+// Result is one converted platform.
+type Result struct {
+	// Platform is "os/arch[/variant]", or "" if the source did not say.
+	Platform string
+	// Source is the source image manifest, the artifact's subject.
+	Source v1.Descriptor
+	// Artifact is the digest of the artifact manifest.
+	Artifact v1.Hash
+	Summary  Summary
+}
+
+// Convert flattens image (for a multi-platform image, every platform or
+// those given by WithPlatforms), and pushes one artifact per platform into
+// image's repository. It builds every platform before it pushes any, so a
+// failure pushes nothing; temporary files are always removed.
+func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error) {
+	o := newOptions(opts)
+	if err := ValidateChunkSize(o.chunkSize); err != nil {
+		return nil, err
+	}
+	ref, err := o.parse(image)
+	if err != nil {
+		return nil, err
+	}
+	ropts := o.remoteOptions(ctx)
+	desc, err := remote.Get(ref, ropts...)
+	if err != nil {
+		return nil, fmt.Errorf("fetching %s: %w", image, err)
+	}
+	targets, err := selectTargets(desc, o)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", image, err)
+	}
+
+	workDir, err := os.MkdirTemp(o.workDir, "sluice-convert-")
+	if err != nil {
+		return nil, fmt.Errorf("creating a work directory: %w", err)
+	}
+	defer os.RemoveAll(workDir)
+
+	results := make([]Result, len(targets))
+	builds := make([]*built, len(targets))
+	for i, t := range targets {
+		start := time.Now()
+		b, sum, err := buildOne(ctx, ref.Context(), t, filepath.Join(workDir, fmt.Sprint(i)), o)
+		if err != nil {
+			if t.platform != "" {
+				return nil, fmt.Errorf("%s (%s): %w", image, t.platform, err)
+			}
+			return nil, fmt.Errorf("%s: %w", image, err)
+		}
+		sum.Elapsed = time.Since(start)
+		builds[i] = b
+		results[i] = Result{Platform: t.platform, Source: t.desc, Artifact: b.digest, Summary: sum}
+	}
+	for i, b := range builds {
+		start := time.Now()
+		if err := push(ctx, ref.Context(), b, o); err != nil {
+			return nil, err
+		}
+		results[i].Summary.Elapsed += time.Since(start)
+	}
+	return results, nil
+}
+
+type target struct {
+	desc     v1.Descriptor
+	platform string
+	image    v1.Image
+}
+
+// selectTargets picks the image manifests to convert.
+func selectTargets(desc *remote.Descriptor, o *options) ([]target, error) {
+	if !desc.MediaType.IsIndex() {
+		if !desc.MediaType.IsImage() {
+			return nil, fmt.Errorf("%s is not an image manifest or index", desc.MediaType)
+		}
+		img, err := desc.Image()
+		if err != nil {
+			return nil, err
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, fmt.Errorf("reading image config: %w", err)
+		}
+		platform := ""
+		if p := cf.Platform(); p != nil && p.OS != "" {
+			platform = p.String()
+		}
+		if len(o.platforms) > 0 && (cf.Platform() == nil || !matchesAny(*cf.Platform(), o.platforms)) {
+			return nil, fmt.Errorf("the image is for platform %q, not one of those asked for", platform)
+		}
+		return []target{{desc: desc.Descriptor, platform: platform, image: img}}, nil
+	}
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		return nil, err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	var ts []target
+	for _, m := range im.Manifests {
+		if !m.MediaType.IsImage() || m.Platform == nil || m.Platform.OS == "unknown" {
+			continue // nested indexes and attestations
+		}
+		if len(o.platforms) > 0 && !matchesAny(*m.Platform, o.platforms) {
+			continue
+		}
+		img, err := idx.Image(m.Digest)
+		if err != nil {
+			return nil, err
+		}
+		ts = append(ts, target{desc: m, platform: m.Platform.String(), image: img})
+	}
+	if len(ts) == 0 {
+		return nil, fmt.Errorf("the index has no image for the platforms asked for")
+	}
+	return ts, nil
+}
+
+func matchesAny(p v1.Platform, want []v1.Platform) bool {
+	for _, w := range want {
+		if p.Satisfies(w) {
+			return true
+		}
+	}
+	return false
+}
+
+// buildOne flattens and chunks one image into dir.
+func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o *options) (*built, Summary, error) {
+	var sum Summary
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, sum, err
+	}
+	layers, err := t.image.Layers()
+	if err != nil {
+		return nil, sum, fmt.Errorf("listing layers: %w", err)
+	}
+	sum.Layers = len(layers)
+	for _, l := range layers {
+		n, err := l.Size()
+		if err != nil {
+			return nil, sum, err
+		}
+		sum.SourceCompressed += n
+	}
+	ext4Path := filepath.Join(dir, "rootfs.ext4")
+	ext4, err := os.OpenFile(ext4Path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, sum, err
+	}
+	defer ext4.Close()
+	stats := &flattenStats{}
+	size, err := flatten(ctx, layers, ext4, dir, o.progress, stats)
+	if err != nil {
+		return nil, sum, err
+	}
+	sum.SourceUncompressed = stats.uncompressed
+	sum.ImageSize = size
+
+	b := &built{platform: t.platform, subject: t.desc, dataPath: filepath.Join(dir, "data")}
+	data, err := os.OpenFile(b.dataPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, sum, err
+	}
+	defer data.Close()
+	h := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(data, h), 1<<20)
+	ix, err := ChunkImage(ctx, ext4, size, o.chunkSize, bw, o.progress)
+	if err != nil {
+		return nil, sum, err
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, sum, err
+	}
+	if err := data.Close(); err != nil {
+		return nil, sum, err
+	}
+	// The flattened image is no longer needed; free its disk now.
+	ext4.Close()
+	os.Remove(ext4Path)
+
+	b.data = v1.Descriptor{MediaType: DataMediaType, Size: ix.DataSize,
+		Digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}}
+	if b.index, err = ix.MarshalBinary(); err != nil {
+		return nil, sum, err
+	}
+	if err := buildManifest(b, ix); err != nil {
+		return nil, sum, err
+	}
+	sum.ArtifactSize = int64(len(b.manifest)) + int64(len(b.index)) + ix.DataSize
+	sum.ChunkSize = ix.ChunkSize
+	sum.Chunks = len(ix.Chunks)
+	sum.ZeroChunks = ix.ZeroChunks()
+	seen := map[uint64]bool{}
+	for _, c := range ix.Chunks {
+		if !c.Zero() {
+			seen[c.Offset] = true
+		}
+	}
+	sum.UniqueChunks = len(seen)
+	return b, sum, nil
+}
