@@ -152,6 +152,94 @@ func removeLostFound(f *os.File) error {
 		return err
 	}
 	le.PutUint16(ino[inodeLinksCount:], le.Uint16(ino[inodeLinksCount:])-1)
-	_, err := f.WriteAt(ino[inodeLinksCount:inodeLinksCount+2], inodeOff+inodeLinksCount)
+	if _, err := f.WriteAt(ino[inodeLinksCount:inodeLinksCount+2], inodeOff+inodeLinksCount); err != nil {
+		return err
+	}
+	return freeLostFound(f, sb, gd, inodeSize)
+}
+
+// freeLostFound releases the unlinked lost+found inode and its directory
+// block, so that e2fsck finds nothing unattached.
+func freeLostFound(f *os.File, sb, gd []byte, inodeSize int64) error {
+	le := binary.LittleEndian
+	off := int64(le.Uint32(gd[gdInodeTableLo:]))*ext4Block + (lostFoundInodeHint-1)*inodeSize
+	ino := make([]byte, inodeSize)
+	if _, err := f.ReadAt(ino, off); err != nil {
+		return err
+	}
+	ext := ino[inodeBlock:]
+	if le.Uint16(ext) != extentMagic || le.Uint16(ext[2:]) != 1 || le.Uint16(ext[6:]) != 0 || le.Uint16(ext[12+4:]) != 1 {
+		return errors.New("lost+found is not one directory block")
+	}
+	block := int64(le.Uint16(ext[12+6:]))<<32 | int64(le.Uint32(ext[12+8:]))
+	if block >= ext4Block*8 {
+		return errors.New("lost+found's block is not in group 0")
+	}
+	clearBit := func(bitmapBlock, bit int64) error {
+		var b [1]byte
+		at := bitmapBlock*ext4Block + bit/8
+		if _, err := f.ReadAt(b[:], at); err != nil {
+			return err
+		}
+		b[0] &^= 1 << (bit % 8)
+		_, err := f.WriteAt(b[:], at)
+		return err
+	}
+	if err := clearBit(int64(le.Uint32(gd[0x0:])), block); err != nil {
+		return err
+	}
+	if err := clearBit(int64(le.Uint32(gd[0x4:])), lostFoundInodeHint-1); err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(make([]byte, inodeSize), off); err != nil {
+		return err
+	}
+	le.PutUint16(gd[0xc:], le.Uint16(gd[0xc:])+1)  // free blocks
+	le.PutUint16(gd[0xe:], le.Uint16(gd[0xe:])+1)  // free inodes
+	le.PutUint16(gd[0x10:], le.Uint16(gd[0x10:])-1) // directories
+	if _, err := f.WriteAt(gd, ext4Block); err != nil {
+		return err
+	}
+	le.PutUint32(sb[0x0c:], le.Uint32(sb[0x0c:])+1) // free blocks
+	le.PutUint32(sb[0x10:], le.Uint32(sb[0x10:])+1) // free inodes
+	_, err := f.WriteAt(sb, sbOffset)
 	return err
+}
+
+// padInodeBitmaps sets the bits past the last inode of each group's inode
+// bitmap, as mke2fs does and e2fsck expects; the ext4 writer leaves them 0.
+func padInodeBitmaps(f *os.File) error {
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, sbOffset); err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	blocks := int64(le.Uint32(sb[0x04:]))
+	perGroup := int64(le.Uint32(sb[0x20:]))
+	ipg := int64(le.Uint32(sb[sbInodesPerGroup:]))
+	if perGroup == 0 || ipg == 0 || ipg > ext4Block*8 {
+		return errors.New("bad superblock geometry")
+	}
+	if ipg == ext4Block*8 {
+		return nil
+	}
+	groups := (blocks + perGroup - 1) / perGroup
+	gds := make([]byte, groups*32)
+	if _, err := f.ReadAt(gds, ext4Block); err != nil {
+		return err
+	}
+	bm := make([]byte, ext4Block)
+	for g := range groups {
+		at := int64(le.Uint32(gds[g*32+0x4:])) * ext4Block
+		if _, err := f.ReadAt(bm, at); err != nil {
+			return err
+		}
+		for bit := ipg; bit < ext4Block*8; bit++ {
+			bm[bit/8] |= 1 << (bit % 8)
+		}
+		if _, err := f.WriteAt(bm, at); err != nil {
+			return err
+		}
+	}
+	return nil
 }

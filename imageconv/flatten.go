@@ -73,6 +73,9 @@ func flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir strin
 			return 0, fmt.Errorf("removing the ext4 writer's lost+found: %w", err)
 		}
 	}
+	if err := padInodeBitmaps(out); err != nil {
+		return 0, fmt.Errorf("finishing ext4 bitmaps: %w", err)
+	}
 	return sw.size, nil
 }
 
