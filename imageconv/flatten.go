@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -96,19 +97,25 @@ func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string,
 	if err != nil {
 		return fmt.Errorf("layer %d: %w", i, err)
 	}
+	size, _ := l.Size()
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("layer %d (%s): %w", i, dgst, err)
 		}
 	}()
-	size, _ := l.Size()
 	p.Phase(fmt.Sprintf("reading layer %d/%d", i+1, n), size)
 	rc, err := l.Compressed()
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	compressed := bufio.NewReaderSize(&progressReader{ctx: ctx, r: rc, p: p}, 1<<20)
+	blob := &checkedReader{r: &progressReader{ctx: ctx, r: rc, p: p}, h: sha256.New()}
+	defer func() {
+		if err != nil && ctx.Err() == nil {
+			err = blob.diagnose(err, dgst, size)
+		}
+	}()
+	compressed := bufio.NewReaderSize(blob, 1<<20)
 	dec, err := decompress(compressed)
 	if err != nil {
 		return err
@@ -156,6 +163,42 @@ func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string,
 		return err
 	}
 	return f.Close()
+}
+
+// checkedReader counts and hashes a layer blob as it is read, so a failure
+// can be blamed on the blob when the blob is what is wrong.
+type checkedReader struct {
+	r   io.Reader
+	h   hash.Hash
+	n   int64
+	err error
+}
+
+func (c *checkedReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.h.Write(b[:n])
+	c.n += int64(n)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// diagnose reads what is left of the blob (up to its declared size) and
+// replaces err with a clearer one if the blob is short or corrupt.
+func (c *checkedReader) diagnose(err error, dgst v1.Hash, size int64) error {
+	if c.err == nil {
+		_, _ = io.CopyN(io.Discard, c, max(0, size-c.n))
+	}
+	if size > 0 && c.n < size && (c.err == nil || c.err == io.EOF || errors.Is(c.err, io.ErrUnexpectedEOF)) {
+		return fmt.Errorf("layer blob is truncated: the registry sent %d of %d bytes: %w", c.n, size, err)
+	}
+	if c.n == size && dgst.Algorithm == "sha256" {
+		if got := hex.EncodeToString(c.h.Sum(nil)); got != dgst.Hex {
+			return fmt.Errorf("%w: the registry sent bytes with sha256:%s", ErrLayerDigest, got)
+		}
+	}
+	return err
 }
 
 type nopCloser struct{ io.Reader }
