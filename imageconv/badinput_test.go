@@ -73,7 +73,6 @@ func pushRaw(t *testing.T, host, repo string, img v1.Image) string {
 // fastRetry keeps the tests of 5xx answers short; the policy is the same.
 var fastRetry = remote.WithRetryBackoff(remote.Backoff{Duration: 10 * time.Millisecond, Factor: 2, Steps: 3})
 
-
 func TestConvertBadInput(t *testing.T) {
 	good := []entry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/passwd", body: "root:x:0:0::/root:/bin/sh\n"}}
 	cases := []struct {
@@ -93,16 +92,20 @@ func TestConvertBadInput(t *testing.T) {
 			want: "malformed tar",
 		},
 		{
-			name:   "dot-dot traversal",
-			layers: func(t *testing.T) []v1.Layer { return []v1.Layer{rawLayer(t, []entry{{name: "etc/../../evil", body: "x"}})} },
-			want:   `"etc/../../evil" contains a .. component`,
-			is:     ErrUnsafeEntry,
+			name: "dot-dot traversal",
+			layers: func(t *testing.T) []v1.Layer {
+				return []v1.Layer{rawLayer(t, []entry{{name: "etc/../../evil", body: "x"}})}
+			},
+			want: `"etc/../../evil" contains a .. component`,
+			is:   ErrUnsafeEntry,
 		},
 		{
-			name:   "absolute path",
-			layers: func(t *testing.T) []v1.Layer { return []v1.Layer{rawLayer(t, []entry{{name: "/etc/shadow", body: "x"}})} },
-			want:   `"/etc/shadow" is an absolute path`,
-			is:     ErrUnsafeEntry,
+			name: "absolute path",
+			layers: func(t *testing.T) []v1.Layer {
+				return []v1.Layer{rawLayer(t, []entry{{name: "/etc/shadow", body: "x"}})}
+			},
+			want: `"/etc/shadow" is an absolute path`,
+			is:   ErrUnsafeEntry,
 		},
 		{
 			name: "symlink escaping the root",
@@ -116,10 +119,12 @@ func TestConvertBadInput(t *testing.T) {
 			is:   ErrUnsafeEntry,
 		},
 		{
-			name:   "hard link to a missing file",
-			layers: func(t *testing.T) []v1.Layer { return []v1.Layer{rawLayer(t, []entry{{name: "a", typ: tar.TypeLink, link: "nowhere"}})} },
-			want:   `hard link "a" points at "nowhere", which does not exist`,
-			is:     ErrUnsafeEntry,
+			name: "hard link to a missing file",
+			layers: func(t *testing.T) []v1.Layer {
+				return []v1.Layer{rawLayer(t, []entry{{name: "a", typ: tar.TypeLink, link: "nowhere"}})}
+			},
+			want: `hard link "a" points at "nowhere", which does not exist`,
+			is:   ErrUnsafeEntry,
 		},
 		{
 			name:   "layer bytes do not match the digest",

@@ -194,8 +194,8 @@ func freeLostFound(f *os.File, sb, gd []byte, inodeSize int64) error {
 	if _, err := f.WriteAt(make([]byte, inodeSize), off); err != nil {
 		return err
 	}
-	le.PutUint16(gd[0xc:], le.Uint16(gd[0xc:])+1)  // free blocks
-	le.PutUint16(gd[0xe:], le.Uint16(gd[0xe:])+1)  // free inodes
+	le.PutUint16(gd[0xc:], le.Uint16(gd[0xc:])+1)   // free blocks
+	le.PutUint16(gd[0xe:], le.Uint16(gd[0xe:])+1)   // free inodes
 	le.PutUint16(gd[0x10:], le.Uint16(gd[0x10:])-1) // directories
 	if _, err := f.WriteAt(gd, ext4Block); err != nil {
 		return err
