@@ -16,7 +16,7 @@ import (
 
 // zstdLevel is fixed: the encoder is deterministic for a given level, and
 // the data blob's digest must not depend on the machine.
-const zstdLevel = zstd.SpeedDefault
+const zstdLevel = zstd.SpeedFastest
 
 // ChunkImage cuts the flattened image in src (size bytes) into chunks, writes
 // each distinct non-zero chunk zstd-compressed to data, and returns the

@@ -3,6 +3,7 @@ package imageconv
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,5 +37,41 @@ func TestConvertExportRoundTrip(t *testing.T) {
 	fi, err := os.Stat(out)
 	if err != nil || fi.Size() != r1.Summary.ImageSize {
 		t.Fatalf("exported %v, %v", fi, err)
+	}
+}
+
+// TestExportPassesFsck converts an image bigger than one ext4 block group
+// (128 MiB), so directories land past group 0, and checks the exported
+// filesystem with e2fsck.
+func TestExportPassesFsck(t *testing.T) {
+	fsck, err := exec.LookPath("e2fsck")
+	if err != nil {
+		t.Skip("e2fsck is not installed (make test installs e2fsprogs)")
+	}
+	host := testRegistry(t)
+	ref := pushImage(t, host, "big:v1",
+		layerOf(t, []entry{{name: "zeros", body: strings.Repeat("\x00", 130<<20)}, {name: "d/", typ: '5'}, {name: "d/f", body: "data"}}),
+		layerOf(t, randomTree(3, "usr", 20)),
+	)
+	convertOne(t, ref)
+	out := filepath.Join(t.TempDir(), "rootfs.ext4")
+	if err := Export(context.Background(), ref, out, WithPlainHTTP()); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(fsck, "-fn", out).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck: %v\n%s", err, b)
+	}
+	// lost+found must be gone: debugfs lists the root.
+	if debugfs, err := exec.LookPath("debugfs"); err == nil {
+		b, err := exec.Command(debugfs, "-R", "ls -l /", out).CombinedOutput()
+		if err != nil {
+			t.Fatalf("debugfs: %v\n%s", err, b)
+		}
+		if strings.Contains(string(b), "lost+found") {
+			t.Errorf("the root still lists lost+found:\n%s", b)
+		}
+		if !strings.Contains(string(b), "zeros") || !strings.Contains(string(b), "usr") {
+			t.Errorf("the root misses entries:\n%s", b)
+		}
 	}
 }

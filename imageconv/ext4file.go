@@ -172,8 +172,9 @@ func freeLostFound(f *os.File, sb, gd []byte, inodeSize int64) error {
 		return errors.New("lost+found is not one directory block")
 	}
 	block := int64(le.Uint16(ext[12+6:]))<<32 | int64(le.Uint32(ext[12+8:]))
-	if block >= ext4Block*8 {
-		return errors.New("lost+found's block is not in group 0")
+	perGroup := int64(le.Uint32(sb[0x20:]))
+	if perGroup == 0 {
+		return errors.New("bad blocks per group")
 	}
 	clearBit := func(bitmapBlock, bit int64) error {
 		var b [1]byte
@@ -185,7 +186,20 @@ func freeLostFound(f *os.File, sb, gd []byte, inodeSize int64) error {
 		_, err := f.WriteAt(b[:], at)
 		return err
 	}
-	if err := clearBit(int64(le.Uint32(gd[0x0:])), block); err != nil {
+	// The block may be in any group; the inode is in group 0.
+	bg := block / perGroup
+	bgd := make([]byte, 32)
+	if _, err := f.ReadAt(bgd, ext4Block+bg*32); err != nil {
+		return err
+	}
+	if err := clearBit(int64(le.Uint32(bgd[0x0:])), block%perGroup); err != nil {
+		return err
+	}
+	le.PutUint16(bgd[0xc:], le.Uint16(bgd[0xc:])+1) // free blocks
+	if _, err := f.WriteAt(bgd, ext4Block+bg*32); err != nil {
+		return err
+	}
+	if _, err := f.ReadAt(gd, ext4Block); err != nil { // group 0, maybe just written
 		return err
 	}
 	if err := clearBit(int64(le.Uint32(gd[0x4:])), lostFoundInodeHint-1); err != nil {
@@ -194,7 +208,6 @@ func freeLostFound(f *os.File, sb, gd []byte, inodeSize int64) error {
 	if _, err := f.WriteAt(make([]byte, inodeSize), off); err != nil {
 		return err
 	}
-	le.PutUint16(gd[0xc:], le.Uint16(gd[0xc:])+1)   // free blocks
 	le.PutUint16(gd[0xe:], le.Uint16(gd[0xe:])+1)   // free inodes
 	le.PutUint16(gd[0x10:], le.Uint16(gd[0x10:])-1) // directories
 	if _, err := f.WriteAt(gd, ext4Block); err != nil {
