@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -43,8 +44,16 @@ func sharedChunks(a, b *Index) float64 {
 
 func TestDeterministicAndSharedBase(t *testing.T) {
 	host := testRegistry(t)
-	base := randomTree(1, "usr", 150) // ~7.5 MB
-	app := randomTree(2, "app", 5)
+	// usr/a takes 2 blocks: replacing it would shift everything after it
+	// off the 16-block chunk grid if the layout closed the gap.
+	base := append([]entry{{name: "usr/", typ: tar.TypeDir}, {name: "usr/a", body: strings.Repeat("a", 5000)}},
+		randomTree(1, "usr", 150)[1:]...) // ~7.5 MB
+	// The app layer also changes and deletes base files, as package
+	// installs do; that must not move the rest of the base.
+	app := append(randomTree(2, "app", 5),
+		entry{name: "usr/", typ: tar.TypeDir},
+		entry{name: "usr/a", body: "patched"},
+	)
 	baseRef := pushImage(t, host, "base:v1", layerOf(t, base))
 	// The same base layer pushed again as a fresh blob in another repo.
 	baseRef2 := pushImage(t, host, "other/base:v1", layerOf(t, base))

@@ -58,7 +58,7 @@ func flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir strin
 		}
 		t.endLayer()
 	}
-	acts, hasLostFound := t.plan()
+	acts, shadow, hasLostFound := t.plan()
 
 	stats.uncompressed = totalSize(spools)
 	p.Phase("writing ext4", stats.uncompressed)
@@ -69,15 +69,33 @@ func flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir strin
 	if err := sw.finish(); err != nil {
 		return 0, err
 	}
-	if !hasLostFound {
-		if err := removeLostFound(out); err != nil {
-			return 0, fmt.Errorf("removing the ext4 writer's lost+found: %w", err)
-		}
-	}
-	if err := padInodeBitmaps(out); err != nil {
-		return 0, fmt.Errorf("finishing ext4 bitmaps: %w", err)
+	if err := finishExt4(out, shadow, !hasLostFound); err != nil {
+		return 0, fmt.Errorf("finishing the ext4 image: %w", err)
 	}
 	return sw.size, nil
+}
+
+// finishExt4 removes the placeholders' shadow directory and, unless the
+// image has its own, the lost+found the ext4 writer always makes, so the
+// rootfs holds exactly what the image holds; then it fixes the bitmaps'
+// padding so e2fsck passes.
+func finishExt4(f *os.File, shadow string, dropLostFound bool) error {
+	e, err := openExt4Editor(f)
+	if err != nil {
+		return err
+	}
+	if dropLostFound {
+		if err := e.removeTopLevel("lost+found"); err != nil {
+			return fmt.Errorf("removing lost+found: %w", err)
+		}
+	}
+	if err := e.removeTopLevel(shadow); err != nil {
+		return fmt.Errorf("removing %s: %w", shadow, err)
+	}
+	if err := e.padInodeBitmaps(); err != nil {
+		return err
+	}
+	return e.flush()
 }
 
 func totalSize(files []string) int64 {
@@ -317,7 +335,11 @@ func writeLayer(ctx context.Context, spool string, acts []*action, tw *tar.Write
 			return fmt.Errorf("%q: %w", a.path, err)
 		}
 		if h.Typeflag == tar.TypeReg {
-			if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
+			src := io.Reader(tr)
+			if a.placeholder {
+				src = io.LimitReader(zeroReader{}, h.Size)
+			}
+			if _, err := io.CopyBuffer(tw, src, buf); err != nil {
 				return fmt.Errorf("%q: %w", a.path, err)
 			}
 		}
@@ -328,6 +350,13 @@ func writeLayer(ctx context.Context, spool string, acts []*action, tw *tar.Write
 			}
 		}
 	}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(b []byte) (int, error) {
+	clear(b)
+	return len(b), nil
 }
 
 // mergedHeader copies what the ext4 writer uses from h, under a new name.

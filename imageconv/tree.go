@@ -64,6 +64,7 @@ type linkMeta struct {
 // tree is the merged rootfs of all layers applied so far, metadata only.
 type tree struct {
 	root    *node
+	inodes  []*inode // every inode ever created, for placeholders
 	layer   int32
 	ord     int32
 	entries []int32 // entries per layer, once the layer is done
@@ -228,6 +229,7 @@ func (t *tree) apply(hdr *tar.Header) error {
 		}
 	} else {
 		n.ino = &inode{source: at, typeflag: hdr.Typeflag}
+		t.inodes = append(t.inodes, n.ino)
 		if hdr.Typeflag == tar.TypeSymlink {
 			n.ino.linkname = hdr.Linkname
 		}
@@ -294,21 +296,33 @@ func (t *tree) endLayer() {
 }
 
 // action is what to write to the merged stream when pass two reaches an
-// entry: a directory's metadata, or an inode under its first path with the
-// other paths as hard links to it.
+// entry: a directory's metadata, an inode under its first path with the
+// other paths as hard links to it, or a placeholder.
 type action struct {
 	path  string
 	links []string
 	ino   *inode // nil for a directory
+	// placeholder marks an inode no path reaches any more. It is still
+	// written, with zeros for content, under the shadow directory that
+	// Flatten deletes afterwards: the blocks it takes keep every later
+	// file at the offset it has in images without the upper layers that
+	// removed it, so images sharing a base share chunks.
+	placeholder bool
 }
 
 // plan walks the final tree and says, for each entry of each layer, what the
-// merged stream must carry when that entry is read again. It also reports
-// whether the image has its own top-level lost+found.
-func (t *tree) plan() (acts [][]*action, hasLostFound bool) {
+// merged stream must carry when that entry is read again. Inodes that no
+// path reaches get placeholders under shadow, a top-level name the image
+// does not use. It also reports whether the image has its own top-level
+// lost+found.
+func (t *tree) plan() (acts [][]*action, shadow string, hasLostFound bool) {
 	acts = make([][]*action, len(t.entries))
 	for i, n := range t.entries {
 		acts[i] = make([]*action, n)
+	}
+	shadow = ".sluice-shadow"
+	for n := 1; t.root.children[shadow] != nil; n++ {
+		shadow = fmt.Sprintf(".sluice-shadow-%d", n)
 	}
 	inodes := map[*inode]*action{}
 	var visit func(prefix string, dir *node)
@@ -350,6 +364,15 @@ func (t *tree) plan() (acts [][]*action, hasLostFound bool) {
 		a.links = links
 		acts[ino.source.layer][ino.source.ord] = a
 	}
+	for _, ino := range t.inodes {
+		if _, live := inodes[ino]; !live {
+			acts[ino.source.layer][ino.source.ord] = &action{
+				path:        fmt.Sprintf("%s/%d-%d", shadow, ino.source.layer, ino.source.ord),
+				ino:         ino,
+				placeholder: true,
+			}
+		}
+	}
 	lf := t.root.children["lost+found"]
-	return acts, lf != nil && lf.isDir()
+	return acts, shadow, lf != nil && lf.isDir()
 }

@@ -155,7 +155,7 @@ func TestPlanHardLinks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	acts, _ := tr.plan()
+	acts, _, _ := tr.plan()
 	a := acts[0][0]
 	if a == nil || a.path != "b" || strings.Join(a.links, ",") != "c" {
 		t.Fatalf("inode of a: %+v, want path b with link c", a)
