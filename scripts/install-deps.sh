@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# install-deps.sh: install what sluice's tests, demo and benchmarks need on a
+# fresh Debian 12 machine, as root. Idempotent: it does nothing (and prints
+# one line) when everything is already there, runs `apt-get update` at most
+# once, and only when a package is missing.
+#
+# Usage: scripts/install-deps.sh [-v]
+#   -v   print one line per package and per Go tool
+#
+# Environment:
+#   SLUICE_TOOLS_BIN  where Go tools are installed (default: REPO/bin/tools;
+#                     the Makefile passes its TOOLS_BIN)
+set -euo pipefail
+
+verbose=0
+[[ "${1:-}" == "-v" ]] && verbose=1
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools_bin="${SLUICE_TOOLS_BIN:-$repo_root/bin/tools}"
+
+# Debian packages, each with what needs it.
+apt_packages=(
+	e2fsprogs      # mke2fs, e2fsck, debugfs: ext4 checks, bench floor
+	docker-registry # distribution 2.8 registry for tests, demo, bench
+	skopeo         # push OCI layouts to the registry
+	umoci          # build small OCI images without internet
+	busybox-static # rootfs for test and demo images
+	debootstrap    # realistic large images for benchmarks
+	tar
+	gzip
+	time           # GNU /usr/bin/time -v: peak RSS in benchmarks
+	fio            # block-level benchmarks (ioengine=nbd)
+	libnbd-bin     # nbdinfo, nbdcopy, nbdfuse (portable attach)
+	python3-libnbd # nbdsh (nbdserver tests)
+	nbdkit         # reference NBD server
+	nbd-server     # reference NBD server
+	qemu-utils     # qemu-nbd, qemu-io
+	util-linux     # losetup, mount
+	jq
+	curl
+)
+
+# Go tools, as "name=module/path@version" (name = the binary go install makes).
+# Add entries here when tests need them; they go into $tools_bin.
+# Example: "crictl=sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0"
+go_tools=(
+)
+
+die() {
+	echo "install-deps: ERROR: $*" >&2
+	exit 1
+}
+say() {
+	if ((verbose)); then echo "install-deps: $*"; fi
+}
+
+[[ "$(id -u)" == 0 ]] || die "must run as root (apt-get install)"
+command -v apt-get >/dev/null || die "apt-get not found: this script targets Debian 12"
+
+installed() {
+	[[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+# candidate prints the version apt would install, or "(none)".
+candidate() {
+	apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2; found=1} END {if (!found) print "(none)"}'
+}
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+	if installed "$pkg"; then
+		say "$pkg: installed ($(dpkg-query -W -f='${Version}' "$pkg"))"
+	else
+		missing+=("$pkg")
+	fi
+done
+
+if ((${#missing[@]})); then
+	echo "install-deps: missing Debian packages: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	log="$(mktemp /tmp/install-deps.XXXXXX.log)"
+	# Third-party sources configured on a machine may be unreachable; apt then
+	# warns but still refreshes Debian's lists, so the exit code is not
+	# trusted here: apt-cache policy below is the real check.
+	if ! apt-get update -qq >"$log" 2>&1; then
+		echo "install-deps: warning: apt-get update reported errors (continuing; see $log)" >&2
+	fi
+	unavailable=()
+	for pkg in "${missing[@]}"; do
+		cand="$(candidate "$pkg")"
+		if [[ "$cand" == "(none)" ]]; then
+			unavailable+=("$pkg")
+		else
+			say "$pkg: will install $cand"
+		fi
+	done
+	((${#unavailable[@]} == 0)) || die "no install candidate for: ${unavailable[*]} (apt-cache policy shows none; check /etc/apt/sources.list*)"
+	if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1; then
+		tail -n 40 "$log" >&2
+		die "apt-get install failed (full log: $log)"
+	fi
+	for pkg in "${missing[@]}"; do
+		installed "$pkg" || die "$pkg still not installed after apt-get install (log: $log)"
+	done
+	rm -f "$log"
+	echo "install-deps: installed ${missing[*]}"
+fi
+
+# Commands the scripts call directly; a package can be installed yet broken.
+for cmd in mke2fs docker-registry skopeo umoci busybox debootstrap tar gzip \
+	/usr/bin/time fio nbdinfo nbdfuse nbdkit nbd-server qemu-nbd losetup jq curl; do
+	command -v "$cmd" >/dev/null || die "command $cmd not found although its package is installed"
+done
+
+if ((${#go_tools[@]})); then
+	command -v go >/dev/null || die "go not found (needed for Go tools)"
+	mkdir -p "$tools_bin"
+	for entry in "${go_tools[@]}"; do
+		name="${entry%%=*}"
+		module="${entry#*=}"
+		if [[ -x "$tools_bin/$name" ]]; then
+			say "go tool $name: present"
+			continue
+		fi
+		echo "install-deps: go install $module -> $tools_bin"
+		GOBIN="$tools_bin" go install "$module" || die "go install $module failed"
+	done
+fi
+
+if ((${#missing[@]} == 0)); then
+	echo "install-deps: all ${#apt_packages[@]} Debian packages present"
+fi

@@ -1,0 +1,110 @@
+# shellcheck shell=bash
+# lib.sh: shell helpers shared by scripts/demo.sh and bench/*/run.sh.
+# Source it; it defines functions only.
+#
+#   registry_start DIR   start Debian's docker-registry on 127.0.0.1 with
+#                        filesystem storage under DIR; sets REGISTRY_PID,
+#                        REGISTRY_ADDR (host:port) and REGISTRY_STORAGE.
+#   registry_stop        stop the registry started above (by its PID).
+#   port_in_use PORT     true if something listens on 127.0.0.1:PORT.
+#   free_port FROM       print the first free TCP port >= FROM.
+#   oci_busybox DIR TAG  build a busybox OCI image layout at DIR:TAG
+#                        (no internet needed: Debian's busybox-static + umoci).
+
+REGISTRY_PID=""
+REGISTRY_ADDR=""
+REGISTRY_STORAGE=""
+
+log() { echo "==> $*"; }
+die() {
+	echo "ERROR: $*" >&2
+	exit 1
+}
+
+port_in_use() {
+	ss -Htln "sport = :$1" 2>/dev/null | grep -q .
+}
+
+free_port() {
+	local p="$1"
+	while port_in_use "$p"; do
+		p=$((p + 1))
+		((p < 65535)) || die "no free TCP port found"
+	done
+	echo "$p"
+}
+
+registry_start() {
+	local dir="$1" want="${SLUICE_REGISTRY_PORT:-5000}" port
+	port="$(free_port "$want")"
+	if [[ "$port" != "$want" ]]; then
+		log "port $want is taken; starting the registry on port $port instead"
+	fi
+	REGISTRY_STORAGE="$dir/storage"
+	mkdir -p "$REGISTRY_STORAGE"
+	cat >"$dir/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_STORAGE
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$port
+EOF
+	docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
+	REGISTRY_PID=$!
+	REGISTRY_ADDR="127.0.0.1:$port"
+	local i
+	for ((i = 0; i < 100; i++)); do
+		if curl -fsS -o /dev/null "http://$REGISTRY_ADDR/v2/" 2>/dev/null; then
+			return 0
+		fi
+		if ! kill -0 "$REGISTRY_PID" 2>/dev/null; then
+			cat "$dir/registry.log" >&2
+			die "docker-registry exited during startup"
+		fi
+		sleep 0.1
+	done
+	cat "$dir/registry.log" >&2
+	die "docker-registry did not answer on $REGISTRY_ADDR within 10 s"
+}
+
+registry_stop() {
+	if [[ -n "$REGISTRY_PID" ]] && kill -0 "$REGISTRY_PID" 2>/dev/null; then
+		kill "$REGISTRY_PID" 2>/dev/null || true
+		wait "$REGISTRY_PID" 2>/dev/null || true
+	fi
+	REGISTRY_PID=""
+}
+
+# oci_busybox DIR TAG: a one-layer image with /bin/busybox, its applet links,
+# /etc/passwd and /etc/group; entrypoint /bin/sh.
+oci_busybox() {
+	local layout="$1" tag="$2" work
+	work="$(mktemp -d)"
+	umoci init --layout "$layout" 2>/dev/null || [[ -f "$layout/oci-layout" ]] ||
+		die "umoci init $layout failed"
+	umoci new --image "$layout:$tag"
+	umoci unpack --image "$layout:$tag" "$work/bundle" >/dev/null
+	local rootfs="$work/bundle/rootfs"
+	mkdir -p "$rootfs"/{bin,etc,tmp,root,proc,sys,dev}
+	chmod 1777 "$rootfs/tmp"
+	cp /bin/busybox "$rootfs/bin/busybox"
+	local applet
+	for applet in $("$rootfs/bin/busybox" --list); do
+		[[ "$applet" == busybox ]] || ln -sf busybox "$rootfs/bin/$applet"
+	done
+	printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$rootfs/etc/passwd"
+	printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
+	echo "hello from a sluice demo image" >"$rootfs/etc/motd"
+	umoci repack --image "$layout:$tag" "$work/bundle" >/dev/null
+	umoci config --image "$layout:$tag" --config.cmd /bin/sh \
+		--config.env PATH=/bin --config.workingdir / >/dev/null
+	umoci gc --layout "$layout"
+	rm -rf "$work"
+}
