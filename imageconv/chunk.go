@@ -18,31 +18,102 @@ import (
 // the data blob's digest must not depend on the machine.
 const zstdLevel = zstd.SpeedFastest
 
-// ChunkImage cuts the flattened image in src (size bytes) into chunks, writes
-// each distinct non-zero chunk zstd-compressed to data, and returns the
-// index. Holes in src are recognised without reading them.
+// ext4HeadSize is the superblock and group descriptor area the ext4 writer
+// fills in last (1 + 64 blocks for a 1 TiB maximum size).
+const ext4HeadSize = (1 + 64) * ext4Block
+
+// headChunks is how many chunks overlap the ext4 head.
+func headChunks(chunkSize int64) int64 { return (ext4HeadSize + chunkSize - 1) / chunkSize }
+
+// chunkOrder yields the canonical processing order of n chunks from
+// position skip on: the data chunks first, then the head chunks, whose
+// content is known last. The data blob's layout follows this order, so it
+// never depends on timing.
+func chunkOrder(n, head, skip int64) func() (int64, bool) {
+	head = min(head, n)
+	pos := skip
+	return func() (int64, bool) {
+		if pos >= n {
+			return 0, false
+		}
+		i := head + pos
+		if pos >= n-head {
+			i = pos - (n - head)
+		}
+		pos++
+		return i, true
+	}
+}
+
+// ChunkImage cuts the flattened image in src (size bytes) into chunks,
+// writes each distinct non-zero chunk zstd-compressed to data, and returns
+// the index. Holes in src are recognised without reading them.
 func ChunkImage(ctx context.Context, src *os.File, size, chunkSize int64, data io.Writer, p Progress) (*Index, error) {
 	if err := ValidateChunkSize(chunkSize); err != nil {
 		return nil, err
 	}
-	if size%4096 != 0 || size > maxImageSize {
-		return nil, fmt.Errorf("image size %d is not a multiple of 4096 up to 1 TiB", size)
-	}
-	n := ChunkCount(size, chunkSize)
-	ix := &Index{ImageSize: size, ChunkSize: chunkSize, Chunks: make([]Chunk, n)}
+	cw := newChunkWriter(chunkSize, data, p)
 	p.Phase("chunking", size)
+	if err := cw.finish(ctx, src, size, headChunks(chunkSize)); err != nil {
+		return nil, err
+	}
+	return cw.index(size)
+}
 
+// chunkWriter hashes, compresses and stores chunks in the order it is
+// given them, dropping duplicates.
+type chunkWriter struct {
+	chunkSize int64
+	data      io.Writer
+	p         Progress
+	chunks    []Chunk
+	done      int64 // chunks processed, in canonical order
+	seen      map[[32]byte]Chunk
+	off       uint64
+}
+
+func newChunkWriter(chunkSize int64, data io.Writer, p Progress) *chunkWriter {
+	return &chunkWriter{chunkSize: chunkSize, data: data, p: p, seen: map[[32]byte]Chunk{}}
+}
+
+// finish processes every chunk not yet processed, in canonical order.
+func (cw *chunkWriter) finish(ctx context.Context, src *os.File, size, head int64) error {
+	if size%4096 != 0 || size > maxImageSize {
+		return fmt.Errorf("image size %d is not a multiple of 4096 up to 1 TiB", size)
+	}
+	n := ChunkCount(size, cw.chunkSize)
+	next := chunkOrder(n, head, cw.done)
+	return cw.run(ctx, src, func() (int64, int64, bool) {
+		i, ok := next()
+		if !ok {
+			return 0, 0, false
+		}
+		return i, min(cw.chunkSize, size-i*cw.chunkSize), true
+	})
+}
+
+func (cw *chunkWriter) index(size int64) (*Index, error) {
+	n := ChunkCount(size, cw.chunkSize)
+	ix := &Index{ImageSize: size, ChunkSize: cw.chunkSize, DataSize: int64(cw.off), Chunks: make([]Chunk, n)}
+	copy(ix.Chunks, cw.chunks)
+	return ix, ix.validate()
+}
+
+// run processes the chunks next yields (index and length), in that order:
+// one goroutine reads, GOMAXPROCS hash and compress, this one writes.
+func (cw *chunkWriter) run(ctx context.Context, src *os.File, next func() (i, length int64, ok bool)) error {
+	chunkSize := cw.chunkSize
 	workers := runtime.GOMAXPROCS(0)
 	// Bound memory: at most ~64 MiB of chunks in flight, at least two.
 	inflight := max(2, min(2*workers+2, int((64<<20)/chunkSize)))
 	type job struct {
-		i    int64
-		buf  []byte // nil for a hole
-		out  []byte // compressed
-		dgst [32]byte
-		zero bool
-		err  error
-		done chan struct{}
+		i, length int64
+		buf       []byte // nil for a hole
+		out       []byte // compressed
+		dgst      [32]byte
+		zero      bool
+		err       error
+		done      chan struct{}
 	}
 	bufs := make(chan []byte, inflight)
 	for range inflight {
@@ -55,13 +126,18 @@ func ChunkImage(ctx context.Context, src *os.File, size, chunkSize int64, data i
 	ordered := make(chan *job, inflight)
 
 	// Reader: one goroutine, in order.
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		defer close(jobs)
 		defer close(ordered)
-		for i := range n {
-			j := &job{i: i, done: make(chan struct{})}
+		for {
+			i, length, ok := next()
+			if !ok {
+				return
+			}
+			j := &job{i: i, length: length, done: make(chan struct{})}
 			off := i * chunkSize
-			length := min(chunkSize, size-off)
 			if hole, err := isHole(src, off, length); err != nil {
 				j.err = err
 			} else if hole {
@@ -119,38 +195,35 @@ func ChunkImage(ctx context.Context, src *os.File, size, chunkSize int64, data i
 	}
 
 	// Writer: in order, dropping duplicates.
-	seen := map[[32]byte]Chunk{}
-	var off uint64
 	for j := range ordered {
 		<-j.done
 		if j.buf != nil {
 			bufs <- j.buf[:cap(j.buf)]
 		}
 		if j.err != nil {
-			return nil, j.err
+			return j.err
 		}
-		length := min(chunkSize, size-j.i*chunkSize)
-		p.Advance(length)
+		cw.p.Advance(j.length)
+		cw.done++
+		for int64(len(cw.chunks)) <= j.i {
+			cw.chunks = append(cw.chunks, Chunk{})
+		}
 		if j.zero {
 			continue
 		}
-		if c, ok := seen[j.dgst]; ok {
-			ix.Chunks[j.i] = c
+		if c, ok := cw.seen[j.dgst]; ok {
+			cw.chunks[j.i] = c
 			continue
 		}
-		if _, err := data.Write(j.out); err != nil {
-			return nil, fmt.Errorf("writing data blob: %w", err)
+		if _, err := cw.data.Write(j.out); err != nil {
+			return fmt.Errorf("writing data blob: %w", err)
 		}
-		c := Chunk{Digest: j.dgst, Offset: off, Length: uint32(len(j.out))}
-		off += uint64(len(j.out))
-		seen[j.dgst] = c
-		ix.Chunks[j.i] = c
+		c := Chunk{Digest: j.dgst, Offset: cw.off, Length: uint32(len(j.out))}
+		cw.off += uint64(len(j.out))
+		cw.seen[j.dgst] = c
+		cw.chunks[j.i] = c
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	ix.DataSize = int64(off)
-	return ix, nil
+	return ctx.Err()
 }
 
 // isHole reports whether [off, off+length) of f holds no data, using

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -185,38 +186,55 @@ func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o
 		return nil, sum, err
 	}
 	defer ext4.Close()
+	b := &built{platform: t.platform, subject: t.desc, dataPath: filepath.Join(dir, "data")}
+	data, err := newBlobFile(b.dataPath)
+	if err != nil {
+		return nil, sum, err
+	}
+	defer data.f.Close()
+
+	// Chunk while the ext4 image is written: the file data is final as soon
+	// as it is written, so a chunker follows the writer on the other core.
+	sw := newSparseWriter(ext4)
+	cw := newChunkWriter(o.chunkSize, data, noProgress{})
+	streamed := make(chan error, 1)
+	go func() { streamed <- cw.run(ctx, ext4, sw.stream(o.chunkSize)) }()
 	stats := &flattenStats{}
-	size, err := flatten(ctx, layers, ext4, dir, o.progress, stats)
+	size, err := flatten(ctx, layers, sw, dir, o.progress, stats)
+	sw.abort()
+	if serr := <-streamed; err == nil {
+		err = serr
+	}
 	if err != nil {
 		return nil, sum, err
 	}
 	sum.SourceUncompressed = stats.uncompressed
 	sum.ImageSize = size
-
-	b := &built{platform: t.platform, subject: t.desc, dataPath: filepath.Join(dir, "data")}
-	data, err := os.OpenFile(b.dataPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if sw.isSpoiled() {
+		// A write landed on a chunk already taken: start the chunks over.
+		if err := data.reset(); err != nil {
+			return nil, sum, err
+		}
+		cw = newChunkWriter(o.chunkSize, data, noProgress{})
+	}
+	o.progress.Phase("chunking", size-cw.done*o.chunkSize)
+	cw.p = o.progress
+	if err := cw.finish(ctx, ext4, size, headChunks(o.chunkSize)); err != nil {
+		return nil, sum, err
+	}
+	ix, err := cw.index(size)
 	if err != nil {
 		return nil, sum, err
 	}
-	defer data.Close()
-	h := sha256.New()
-	bw := bufio.NewWriterSize(io.MultiWriter(data, h), 1<<20)
-	ix, err := ChunkImage(ctx, ext4, size, o.chunkSize, bw, o.progress)
+	dataDigest, err := data.close()
 	if err != nil {
-		return nil, sum, err
-	}
-	if err := bw.Flush(); err != nil {
-		return nil, sum, err
-	}
-	if err := data.Close(); err != nil {
 		return nil, sum, err
 	}
 	// The flattened image is no longer needed; free its disk now.
 	ext4.Close()
 	os.Remove(ext4Path)
 
-	b.data = v1.Descriptor{MediaType: DataMediaType, Size: ix.DataSize,
-		Digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}}
+	b.data = v1.Descriptor{MediaType: DataMediaType, Size: ix.DataSize, Digest: dataDigest}
 	if b.index, err = ix.MarshalBinary(); err != nil {
 		return nil, sum, err
 	}
@@ -235,4 +253,45 @@ func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o
 	}
 	sum.UniqueChunks = len(seen)
 	return b, sum, nil
+}
+
+// blobFile writes a blob to a file, hashing it, and can start over.
+type blobFile struct {
+	f  *os.File
+	bw *bufio.Writer
+	h  hash.Hash
+}
+
+func newBlobFile(path string) (*blobFile, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	b := &blobFile{f: f, h: sha256.New()}
+	b.bw = bufio.NewWriterSize(io.MultiWriter(f, b.h), 1<<20)
+	return b, nil
+}
+
+func (b *blobFile) Write(p []byte) (int, error) { return b.bw.Write(p) }
+
+func (b *blobFile) reset() error {
+	if err := b.f.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := b.f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	b.h.Reset()
+	b.bw.Reset(io.MultiWriter(b.f, b.h))
+	return nil
+}
+
+func (b *blobFile) close() (v1.Hash, error) {
+	if err := b.bw.Flush(); err != nil {
+		return v1.Hash{}, err
+	}
+	if err := b.f.Close(); err != nil {
+		return v1.Hash{}, err
+	}
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(b.h.Sum(nil))}, nil
 }

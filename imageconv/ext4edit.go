@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
+	"io"
 )
 
 // ext4Editor makes the few edits the converter needs on a finished image
@@ -13,7 +13,7 @@ import (
 // handles only what that writer produces: 4 KiB blocks, 32-byte group
 // descriptors, extent trees of depth 0 or 1, no checksums.
 type ext4Editor struct {
-	f              *os.File
+	f              readerWriterAt
 	sb             []byte
 	gds            []byte
 	inodesPerGroup int64
@@ -22,6 +22,11 @@ type ext4Editor struct {
 }
 
 var le = binary.LittleEndian
+
+type readerWriterAt interface {
+	io.ReaderAt
+	io.WriterAt
+}
 
 // Offsets from the kernel's Documentation/filesystems/ext4.
 const (
@@ -54,7 +59,7 @@ const (
 	rootIno         = 2
 )
 
-func openExt4Editor(f *os.File) (*ext4Editor, error) {
+func openExt4Editor(f readerWriterAt) (*ext4Editor, error) {
 	e := &ext4Editor{f: f, sb: make([]byte, 1024)}
 	if _, err := f.ReadAt(e.sb, 1024); err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -34,14 +35,14 @@ var ErrLayerDigest = errors.New("layer content does not match its digest")
 // entries, lower layers first, into the ext4 writer: files a base image
 // contributes land at the same offsets in every image built on it.
 func Flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir string, p Progress) (int64, error) {
-	return flatten(ctx, layers, out, workDir, p, &flattenStats{})
+	return flatten(ctx, layers, newSparseWriter(out), workDir, p, &flattenStats{})
 }
 
 type flattenStats struct {
 	uncompressed int64 // bytes of the layers' tars
 }
 
-func flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir string, p Progress, stats *flattenStats) (int64, error) {
+func flatten(ctx context.Context, layers []v1.Layer, sw *sparseWriter, workDir string, p Progress, stats *flattenStats) (int64, error) {
 	spoolDir, err := os.MkdirTemp(workDir, "flatten-")
 	if err != nil {
 		return 0, err
@@ -62,14 +63,13 @@ func flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir strin
 
 	stats.uncompressed = totalSize(spools)
 	p.Phase("writing ext4", stats.uncompressed)
-	sw := &sparseWriter{f: out}
 	if err := writeExt4(ctx, spools, acts, sw, p); err != nil {
 		return 0, err
 	}
 	if err := sw.finish(); err != nil {
 		return 0, err
 	}
-	if err := finishExt4(out, shadow, !hasLostFound); err != nil {
+	if err := finishExt4(sw, shadow, !hasLostFound); err != nil {
 		return 0, fmt.Errorf("finishing the ext4 image: %w", err)
 	}
 	return sw.size, nil
@@ -79,7 +79,7 @@ func flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir strin
 // image has its own, the lost+found the ext4 writer always makes, so the
 // rootfs holds exactly what the image holds; then it fixes the bitmaps'
 // padding so e2fsck passes.
-func finishExt4(f *os.File, shadow string, dropLostFound bool) error {
+func finishExt4(f readerWriterAt, shadow string, dropLostFound bool) error {
 	e, err := openExt4Editor(f)
 	if err != nil {
 		return err
@@ -139,6 +139,8 @@ func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string,
 		return err
 	}
 	defer dec.Close()
+	ahead := newReadAhead(dec, 256<<10, 8)
+	defer ahead.Close()
 
 	f, err := os.Create(spool)
 	if err != nil {
@@ -147,7 +149,7 @@ func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string,
 	defer f.Close()
 	bw := bufio.NewWriterSize(f, 1<<20)
 	h := sha256.New()
-	tee := io.TeeReader(dec, io.MultiWriter(bw, h))
+	tee := io.TeeReader(ahead, io.MultiWriter(bw, h))
 	tr := tar.NewReader(tee)
 	for {
 		hdr, err := tr.Next()
@@ -252,7 +254,7 @@ func writeExt4(ctx context.Context, spools []string, acts [][]*action, w *sparse
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := writeMerged(ctx, spools, acts, pw, p)
+		err := writeMerged(ctx, spools, acts, pw, w, p)
 		pw.CloseWithError(err)
 		done <- err
 	}()
@@ -268,7 +270,7 @@ func writeExt4(ctx context.Context, spools []string, acts [][]*action, w *sparse
 }
 
 // writeMerged writes, as one tar stream, what acts say for each entry.
-func writeMerged(ctx context.Context, spools []string, acts [][]*action, out io.Writer, p Progress) error {
+func writeMerged(ctx context.Context, spools []string, acts [][]*action, out io.Writer, sw *sparseWriter, p Progress) error {
 	bw := bufio.NewWriterSize(out, 1<<20)
 	tw := tar.NewWriter(bw)
 	buf := make([]byte, 1<<20)
@@ -277,6 +279,14 @@ func writeMerged(ctx context.Context, spools []string, acts [][]*action, out io.
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
+	// Every file's data has gone into the pipe. Before the writer can see
+	// the end of the stream and start on directories and inode tables,
+	// mark what is written so far as final; the rest of the last file is
+	// final too, but the frontier need not be exact, only safe.
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	sw.freeze()
 	if err := tw.Close(); err != nil {
 		return err
 	}
@@ -352,6 +362,27 @@ func writeLayer(ctx context.Context, spool string, acts []*action, tw *tar.Write
 	}
 }
 
+// ext4Time adjusts t for the ext4 writer, which stores the seconds'
+// bits as they are while the kernel reads the low 32 bits as signed and the
+// two epoch bits as the multiple of 2^32 to add. From 2038 on, adding 2^32
+// makes the epoch bits what the kernel expects. Times before 1970 or after
+// 2262 become the epoch, as containerd's extraction does (boundTime).
+func ext4Time(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	s := t.Unix()
+	switch {
+	case s < 0 || t.After(maxExtractTime):
+		return time.Unix(0, 0)
+	case s >= 1<<31:
+		return t.Add((1 << 32) * time.Second)
+	}
+	return t
+}
+
+var maxExtractTime = time.Unix(0, 1<<63-1)
+
 type zeroReader struct{}
 
 func (zeroReader) Read(b []byte) (int, error) {
@@ -368,9 +399,9 @@ func mergedHeader(h *tar.Header, name string) *tar.Header {
 		Mode:       h.Mode,
 		Uid:        h.Uid,
 		Gid:        h.Gid,
-		ModTime:    h.ModTime,
-		AccessTime: h.AccessTime,
-		ChangeTime: h.ChangeTime,
+		ModTime:    ext4Time(h.ModTime),
+		AccessTime: ext4Time(h.AccessTime),
+		ChangeTime: ext4Time(h.ChangeTime),
 		Devmajor:   h.Devmajor,
 		Devminor:   h.Devminor,
 		PAXRecords: xattrRecords(h),

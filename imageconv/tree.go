@@ -225,7 +225,7 @@ func (t *tree) apply(hdr *tar.Header) error {
 		n.ino = target.ino
 		n.ino.override = &linkMeta{
 			mode: hdr.Mode, uid: hdr.Uid, gid: hdr.Gid,
-			mtime: hdr.ModTime, atime: hdr.AccessTime, paxRecords: xattrRecords(hdr),
+			mtime: ext4Time(hdr.ModTime), atime: ext4Time(hdr.AccessTime), paxRecords: xattrRecords(hdr),
 		}
 	} else {
 		n.ino = &inode{source: at, typeflag: hdr.Typeflag}

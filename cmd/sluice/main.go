@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/rs/zerolog"
@@ -16,9 +17,10 @@ import (
 )
 
 type globals struct {
-	logLevel  string
-	plainHTTP bool
-	log       zerolog.Logger
+	logLevel   string
+	plainHTTP  bool
+	cpuProfile string
+	log        zerolog.Logger
 }
 
 func main() {
@@ -54,10 +56,26 @@ $DOCKER_CONFIG) and its credential helpers.`,
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			g.log = l
+			if g.cpuProfile != "" {
+				f, err := os.Create(g.cpuProfile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+			}
 			return nil
+		},
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if g.cpuProfile != "" {
+				pprof.StopCPUProfile()
+			}
 		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file")
+	_ = root.PersistentFlags().MarkHidden("cpuprofile")
 	root.PersistentFlags().BoolVar(&g.plainHTTP, "plain-http", false, "talk to the registry over plain HTTP instead of HTTPS")
 	root.AddCommand(newConvert(g), newInspect(g), newExport(g))
 	return root

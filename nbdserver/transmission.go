@@ -1,0 +1,239 @@
+package nbdserver
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pojntfx/go-nbd/pkg/protocol"
+	"github.com/rs/zerolog"
+)
+
+// transmission is the request loop of one connection. One goroutine (serve)
+// reads requests; each READ runs in a goroutine of its own and writes its
+// reply whole under writeMu, so replies go out in the order reads finish.
+type transmission struct {
+	s    *Server
+	c    net.Conn
+	r    *bufio.Reader
+	exp  *Export
+	size uint64
+	log  zerolog.Logger
+
+	slots   chan struct{}  // one token per unanswered READ
+	pending sync.WaitGroup // unanswered READs
+
+	writeMu sync.Mutex
+	broken  bool // a reply failed to go out whole; under writeMu
+}
+
+func (s *Server) transmit(ctx context.Context, c net.Conn, r *bufio.Reader, exp *Export) error {
+	t := &transmission{
+		s:     s,
+		c:     c,
+		r:     r,
+		exp:   exp,
+		size:  uint64(exp.Backend.Size()),
+		log:   zerolog.Ctx(ctx).With().Str("export", exp.Name).Logger(),
+		slots: make(chan struct{}, s.opts.maxInFlight),
+	}
+	err := t.serve(ctx)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("nbdserver: export %q: %w", exp.Name, err)
+	}
+	return nil
+}
+
+func (t *transmission) serve(ctx context.Context) error {
+	var hb [requestHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(t.r, hb[:]); err != nil {
+			if err == io.EOF {
+				// A hard disconnect between requests; answer what is in
+				// flight in case the client still reads.
+				t.drain(ctx)
+				return nil
+			}
+			return fmt.Errorf("request header: %w", err)
+		}
+		req := protocol.TransmissionRequestHeader{
+			RequestMagic: binary.BigEndian.Uint32(hb[0:]),
+			CommandFlags: binary.BigEndian.Uint16(hb[4:]),
+			Type:         binary.BigEndian.Uint16(hb[6:]),
+			Handle:       binary.BigEndian.Uint64(hb[8:]),
+			Offset:       binary.BigEndian.Uint64(hb[16:]),
+			Length:       binary.BigEndian.Uint32(hb[24:]),
+		}
+		if req.RequestMagic != protocol.TRANSMISSION_MAGIC_REQUEST {
+			return fmt.Errorf("request magic %#x: %w", req.RequestMagic, ErrBadMagic)
+		}
+		// Command flags (FUA, DF, ...) change nothing for a read-only export
+		// with simple replies, so they are ignored rather than refused.
+		switch req.Type {
+		case protocol.TRANSMISSION_TYPE_REQUEST_READ:
+			if !t.valid(req) {
+				t.reply(req.Handle, protocol.TRANSMISSION_ERROR_EINVAL, nil)
+				continue
+			}
+			if err := t.startRead(ctx, req); err != nil {
+				return err
+			}
+		case protocol.TRANSMISSION_TYPE_REQUEST_WRITE:
+			// The payload follows the header whatever the answer; skip it
+			// through a small fixed buffer to stay in step with the client.
+			if _, err := io.CopyN(io.Discard, t.r, int64(req.Length)); err != nil {
+				return fmt.Errorf("write payload: %w", err)
+			}
+			t.reply(req.Handle, protocol.TRANSMISSION_ERROR_EPERM, nil)
+		case cmdTrim, cmdWriteZeroes:
+			t.reply(req.Handle, protocol.TRANSMISSION_ERROR_EPERM, nil)
+		case cmdFlush:
+			// Nothing is ever written, so there is nothing to flush.
+			t.reply(req.Handle, 0, nil)
+		case protocol.TRANSMISSION_TYPE_REQUEST_DISC:
+			t.drain(ctx)
+			return nil
+		default:
+			t.reply(req.Handle, protocol.TRANSMISSION_ERROR_EINVAL, nil)
+		}
+	}
+}
+
+// valid tells whether a READ is within the export and the payload limit.
+func (t *transmission) valid(req protocol.TransmissionRequestHeader) bool {
+	n := uint64(req.Length)
+	return n > 0 && n <= MaximumPayload && req.Offset <= t.size && n <= t.size-req.Offset
+}
+
+// startRead waits for a slot and for budget, then reads in a new goroutine.
+// Waiting here, before the next request is read, is the back pressure.
+func (t *transmission) startRead(ctx context.Context, req protocol.TransmissionRequestHeader) error {
+	select {
+	case t.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	charge := classSize(int(req.Length))
+	if err := t.s.budget.Acquire(ctx, charge); err != nil {
+		<-t.slots
+		return err
+	}
+	t.pending.Add(1)
+	go t.read(req, charge)
+	return nil
+}
+
+// read serves one READ. The reply is claimed once: by the read finishing or
+// by the read timeout, whichever comes first. The buffer and its budget are
+// held until ReadAt returns, even when the timeout answered.
+func (t *transmission) read(req protocol.TransmissionRequestHeader, charge int64) {
+	var claimed atomic.Bool
+	answer := func(errno uint32, data []byte) bool {
+		if !claimed.CompareAndSwap(false, true) {
+			return false
+		}
+		t.reply(req.Handle, errno, data)
+		<-t.slots
+		t.pending.Done()
+		return true
+	}
+	var timer *time.Timer
+	if d := t.s.opts.readTimeout; d > 0 {
+		timer = time.AfterFunc(d, func() {
+			if answer(errEIO, nil) {
+				t.log.Warn().Uint64("offset", req.Offset).Uint32("length", req.Length).
+					Dur("timeout", d).Msg("nbd read timed out: answered EIO")
+			}
+		})
+	}
+	buf := t.s.buffers.get(int(req.Length))
+	n, err := t.exp.Backend.ReadAt(buf, int64(req.Offset))
+	if timer != nil {
+		timer.Stop()
+	}
+	if n == len(buf) && (err == nil || errors.Is(err, io.EOF)) {
+		answer(0, buf)
+	} else {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		if answer(errEIO, nil) {
+			t.log.Warn().Err(err).Uint64("offset", req.Offset).Uint32("length", req.Length).
+				Msg("nbd read failed: answered EIO")
+		}
+	}
+	t.s.buffers.put(buf)
+	t.s.budget.Release(charge)
+}
+
+// reply writes one simple reply whole. A reply that fails to go out leaves
+// the stream unusable, so the connection is closed and later replies dropped.
+// The write timeout applies to each chunk of a reply, so it measures a
+// client that stopped reading, not a slow one.
+func (t *transmission) reply(cookie uint64, errno uint32, data []byte) {
+	var hb [simpleReplySize]byte
+	h := protocol.TransmissionReplyHeader{
+		ReplyMagic: protocol.TRANSMISSION_MAGIC_REPLY,
+		Error:      errno,
+		Handle:     cookie,
+	}
+	binary.BigEndian.PutUint32(hb[0:], h.ReplyMagic)
+	binary.BigEndian.PutUint32(hb[4:], h.Error)
+	binary.BigEndian.PutUint64(hb[8:], h.Handle)
+
+	t.writeMu.Lock()
+	defer t.writeMu.Unlock()
+	if t.broken {
+		return
+	}
+	head := hb[:] // sent with the first chunk, in one writev
+	for {
+		n := min(len(data), replyChunk)
+		bufs := make(net.Buffers, 0, 2)
+		if head != nil {
+			bufs = append(bufs, head)
+		}
+		if n > 0 {
+			bufs = append(bufs, data[:n])
+		}
+		head, data = nil, data[n:]
+		if d := t.s.opts.writeTimeout; d > 0 {
+			_ = t.c.SetWriteDeadline(time.Now().Add(d))
+		}
+		if _, err := bufs.WriteTo(t.c); err != nil {
+			t.broken = true
+			t.c.Close()
+			t.log.Debug().Err(err).Msg("nbd reply not sent: closing connection")
+			return
+		}
+		if len(data) == 0 {
+			return
+		}
+	}
+}
+
+// replyChunk is how much of a reply is written under one write deadline.
+const replyChunk = 1 << 20
+
+// drain waits until every READ in flight is answered, or ctx is done.
+func (t *transmission) drain(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		t.pending.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
