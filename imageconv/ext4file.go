@@ -134,7 +134,6 @@ func (w *sparseWriter) isSpoiled() bool {
 	return w.spoiled
 }
 
-
 func (w *sparseWriter) Read(b []byte) (int, error) {
 	if w.off >= w.size {
 		return 0, io.EOF
