@@ -32,8 +32,7 @@ with status 3 if IMAGE has no artifact (convert it with "sluice convert").`,
 			}
 			a, err := imageconv.Lookup(cmd.Context(), args[0], opts...)
 			if errors.Is(err, imageconv.ErrNoArtifact) {
-				fmt.Printf("%s: no sluice artifact (%v)\n", args[0], err)
-				os.Exit(3)
+				return exitError{code: 3, err: fmt.Errorf("%s has no sluice artifact; convert it with: sluice convert %s: %w", args[0], args[0], err)}
 			}
 			if err != nil {
 				return err
