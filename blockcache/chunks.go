@@ -1,0 +1,292 @@
+package blockcache
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/rs/zerolog"
+	"github.com/sluice-project/sluice/imageconv"
+)
+
+// ErrChunkCorrupt means a chunk fetched twice did not decompress to bytes
+// matching its digest. Such bytes are never cached or served.
+var ErrChunkCorrupt = errors.New("chunk does not match its digest")
+
+// rangeFetcher is what the loader needs of a RangeFetcher.
+type rangeFetcher interface {
+	FetchRange(ctx context.Context, off, n int64) ([]byte, error)
+}
+
+// loader turns chunk indices into verified chunk bytes: from the store, or
+// fetched with one range request per run of chunks adjacent in the data
+// blob, with at most one fetch per chunk in flight.
+type loader struct {
+	ix           *imageconv.Index
+	fetch        rangeFetcher
+	store        *Store
+	dec          *zstd.Decoder
+	sched        *scheduler
+	maxRange     int64
+	fetchTimeout time.Duration
+	stats        *counters
+
+	base context.Context // the image's lifetime; fetches outlive the reads that start them
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	inflight map[[32]byte]*call
+}
+
+// call is one chunk being fetched; every reader that needs it waits on done.
+type call struct {
+	index int // a chunk index with this digest
+	done  chan struct{}
+	data  []byte
+	err   error
+	fg    *atomic.Bool // the priority of the fetch it belongs to
+}
+
+// fetchGroup is a run of chunks adjacent in the data blob, fetched with one
+// request.
+type fetchGroup struct {
+	off, end int64
+	calls    []*call
+	fg       atomic.Bool
+}
+
+func newDecoder(chunkSize int64) (*zstd.Decoder, error) {
+	// Cap decoding at the chunk size: a hostile blob cannot make us
+	// allocate more.
+	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(uint64(chunkSize)), zstd.WithDecodeAllCapLimit(true))
+}
+
+// load returns the bytes of chunks idxs (nil for zero chunks), fetching the
+// missing ones at foreground or background priority. misses counts the
+// chunks that were not in the store.
+func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, misses int, err error) {
+	out = make([][]byte, len(idxs))
+	var need []int // positions in idxs
+	for k, i := range idxs {
+		c := &l.ix.Chunks[i]
+		if c.Zero() {
+			continue
+		}
+		if b, ok := l.store.Get(ctx, c.Digest); ok {
+			out[k] = b
+			continue
+		}
+		need = append(need, k)
+	}
+	if len(need) == 0 {
+		return out, 0, nil
+	}
+	misses = len(need)
+	// A fetch joined late may fail on its own deadline while this read
+	// still has time: then start another.
+	for len(need) > 0 {
+		calls, err := l.start(ctx, idxs, need, fg)
+		if err != nil {
+			return nil, misses, err
+		}
+		var again []int
+		for _, k := range need {
+			c := calls[l.ix.Chunks[idxs[k]].Digest]
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				return nil, misses, fmt.Errorf("waiting for chunk %d: %w", idxs[k], context.Cause(ctx))
+			}
+			switch {
+			case c.err == nil:
+				out[k] = c.data
+			case errors.Is(c.err, context.DeadlineExceeded) && ctx.Err() == nil:
+				again = append(again, k)
+			default:
+				return nil, misses, c.err
+			}
+		}
+		need = again
+	}
+	return out, misses, nil
+}
+
+// start joins fetches in flight and starts new ones for the rest.
+func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]byte]*call, error) {
+	calls := make(map[[32]byte]*call, len(need))
+	var owned []*call
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, ErrClosed
+	}
+	promote := false
+	for _, k := range need {
+		i := idxs[k]
+		d := l.ix.Chunks[i].Digest
+		if _, ok := calls[d]; ok {
+			continue
+		}
+		if c, ok := l.inflight[d]; ok {
+			if fg && !c.fg.Swap(true) {
+				promote = true
+			}
+			calls[d] = c
+			continue
+		}
+		// A fetch may have finished since the store was asked.
+		if b, ok := l.store.Get(ctx, d); ok {
+			c := &call{index: i, data: b, done: closedChan}
+			calls[d] = c
+			continue
+		}
+		c := &call{index: i, done: make(chan struct{})}
+		l.inflight[d] = c
+		calls[d] = c
+		owned = append(owned, c)
+	}
+	groups := l.group(owned, fg)
+	l.wg.Add(len(groups))
+	l.mu.Unlock()
+	if promote {
+		l.sched.promote()
+	}
+	for _, g := range groups {
+		go l.run(g)
+	}
+	return calls, nil
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// group coalesces calls whose chunks are adjacent in the data blob into
+// runs of at most maxRange bytes.
+func (l *loader) group(owned []*call, fg bool) []*fetchGroup {
+	slices.SortFunc(owned, func(a, b *call) int {
+		return cmp.Compare(l.ix.Chunks[a.index].Offset, l.ix.Chunks[b.index].Offset)
+	})
+	var groups []*fetchGroup
+	var g *fetchGroup
+	for _, c := range owned {
+		ch := l.ix.Chunks[c.index]
+		off, end := int64(ch.Offset), int64(ch.Offset)+int64(ch.Length)
+		if g == nil || off != g.end || end-g.off > l.maxRange {
+			g = &fetchGroup{off: off, end: off}
+			g.fg.Store(fg)
+			groups = append(groups, g)
+		}
+		g.end = end
+		g.calls = append(g.calls, c)
+		c.fg = &g.fg
+	}
+	return groups
+}
+
+// run fetches a group, verifies and stores each chunk, and wakes its
+// waiters.
+func (l *loader) run(g *fetchGroup) {
+	defer l.wg.Done()
+	ctx := l.base
+	raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
+	for _, c := range g.calls {
+		if groupErr != nil {
+			l.finish(ctx, c, nil, groupErr)
+			continue
+		}
+		ch := l.ix.Chunks[c.index]
+		start := int64(ch.Offset) - g.off
+		data, err := l.verified(ctx, c, raw[start:start+int64(ch.Length)])
+		l.finish(ctx, c, data, err)
+	}
+}
+
+// fetchRange waits for a slot at priority fg, then fetches with the fetch
+// timeout (which starts once the slot is had).
+func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64) ([]byte, error) {
+	release, err := l.sched.acquire(ctx, fg)
+	if err != nil {
+		return nil, fmt.Errorf("waiting to fetch: %w", err)
+	}
+	defer release()
+	ctx, cancel := withTimeout(ctx, l.fetchTimeout)
+	defer cancel()
+	b, err := l.fetch.FetchRange(ctx, off, n)
+	if err != nil {
+		return nil, err
+	}
+	l.stats.fetches.Add(1)
+	l.stats.bytesFetched.Add(n)
+	if !fg.Load() {
+		l.stats.backgroundBytes.Add(n)
+	}
+	return b, nil
+}
+
+// verified decodes and checks a chunk; bytes that fail are fetched once
+// more on their own before the chunk is declared corrupt.
+func (l *loader) verified(ctx context.Context, c *call, comp []byte) ([]byte, error) {
+	ch := l.ix.Chunks[c.index]
+	data, err := l.decode(c.index, comp)
+	if err == nil {
+		return data, nil
+	}
+	l.stats.corrupt.Add(1)
+	zerolog.Ctx(ctx).Warn().Err(err).Int("chunk", c.index).Msg("refetching a chunk that failed verification")
+	comp, err = l.fetchRange(ctx, c.fg, int64(ch.Offset), int64(ch.Length))
+	if err != nil {
+		return nil, err
+	}
+	if data, err = l.decode(c.index, comp); err != nil {
+		l.stats.corrupt.Add(1)
+		return nil, err
+	}
+	return data, nil
+}
+
+func (l *loader) decode(i int, comp []byte) ([]byte, error) {
+	ch := &l.ix.Chunks[i]
+	want := l.ix.ChunkLen(i)
+	data, err := l.dec.DecodeAll(comp, make([]byte, 0, want))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("chunk %d (sha256:%x): %w: zstd: %v", i, ch.Digest, ErrChunkCorrupt, err)
+	case int64(len(data)) != want:
+		return nil, fmt.Errorf("chunk %d (sha256:%x): %w: %d bytes, want %d", i, ch.Digest, ErrChunkCorrupt, len(data), want)
+	case sha256.Sum256(data) != ch.Digest:
+		return nil, fmt.Errorf("chunk %d (sha256:%x): %w", i, ch.Digest, ErrChunkCorrupt)
+	}
+	return data, nil
+}
+
+// finish stores a verified chunk, then lets its waiters go. The store is
+// written before the call leaves inflight, so a reader never misses both.
+func (l *loader) finish(ctx context.Context, c *call, data []byte, err error) {
+	d := l.ix.Chunks[c.index].Digest
+	if err == nil {
+		if perr := l.store.put(ctx, d, data, c.fg.Load()); perr != nil {
+			zerolog.Ctx(ctx).Debug().Err(perr).Int("chunk", c.index).Msg("chunk served but not cached")
+		}
+	}
+	l.mu.Lock()
+	delete(l.inflight, d)
+	l.mu.Unlock()
+	c.data, c.err = data, err
+	close(c.done)
+}
+
+// close waits for fetches in flight and stops new ones.
+func (l *loader) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	l.wg.Wait()
+	l.dec.Close()
+}

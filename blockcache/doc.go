@@ -1,0 +1,39 @@
+// Package blockcache is sluice's data path: it serves the flattened ext4
+// image of a sluice artifact as an io.ReaderAt, fetching chunks of the data
+// blob from the registry on demand, verifying them, and keeping them in a
+// local content-addressed cache. It knows nothing of NBD: an *Image is a
+// backend (io.ReaderAt plus Size) that a block-device server reads from.
+//
+// Terms (see also imageconv):
+//
+//   - image: here, the flattened ext4 image an artifact describes; an *Image
+//     serves its bytes.
+//   - chunk: a fixed-size run of the image, the unit fetched, verified and
+//     cached, addressed by the sha256 of its uncompressed bytes. Zero chunks
+//     (all zeros) are never fetched or stored.
+//   - data blob: the artifact's blob holding the zstd-compressed chunks back
+//     to back; a range is a byte range of it, fetched with one HTTP request.
+//   - store: the on-disk cache of uncompressed chunks, shared by all images
+//     (identical chunks of different images are stored once), bounded in
+//     bytes, evicting least recently used chunks that no reader holds.
+//   - fault: a read that needs at least one chunk the store does not have.
+//   - foreground: fetches a read waits for; background: prefetch of a
+//     profile's chunks and then of the rest of the image, which always
+//     yields to foreground fetches.
+//   - profile: the chunks a recorded start read, in order (see Profile).
+//
+// The layers, one per file, each adding one thing:
+//
+//	fetch.go     RangeFetcher: ranged GETs of the data blob (auth, redirects,
+//	             Range ignored, stalls); retry.go its backoff policy
+//	chunks.go    loader: coalescing of adjacent misses, one fetch per chunk in
+//	             flight, zstd decode, sha256 verify before anything uses it;
+//	             sched.go gives foreground fetches priority
+//	store.go     Store: the content-addressed, crash-safe, bounded disk cache;
+//	             store_lru.go its reads, writes and eviction, hot.go its
+//	             in-memory layer
+//	image.go     Image: io.ReaderAt over the loader, per-read deadline
+//	prefetch.go  profile first, then everything at a bounded rate
+//	             (ratelimit.go); profile.go the profile blob format
+//	stats.go     per-image counters and the fault latency histogram
+package blockcache

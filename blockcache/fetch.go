@@ -1,0 +1,343 @@
+package blockcache
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/rs/zerolog"
+)
+
+// RangeFetcher fetches byte ranges of one blob from a registry with HTTP
+// Range requests. It authenticates with go-containerregistry's transport
+// (docker config and credential helpers, bearer token challenges), follows
+// redirects to blob storage without sending the registry's credentials
+// there, copes with servers that ignore Range, and retries transient errors
+// with backoff until the caller's context ends. It is safe for concurrent
+// use.
+type RangeFetcher struct {
+	repo name.Repository
+	blob v1.Hash
+	size int64
+	cfg  fetchConfig
+
+	mu   sync.Mutex
+	init *clientInit // the client, built on first use so opening needs no network
+
+	requests     atomic.Int64 // HTTP requests for the blob, retries included
+	retries      atomic.Int64
+	bytes        atomic.Int64 // body bytes read, discarded ones included
+	rangeIgnored atomic.Int64 // 200 answers to a Range request
+}
+
+// FetchStats counts what a RangeFetcher did.
+type FetchStats struct {
+	Requests, Retries, Bytes, RangeIgnored int64
+}
+
+type fetchConfig struct {
+	keychain     authn.Keychain
+	plainHTTP    bool
+	base         http.RoundTripper
+	backoff      Backoff
+	stallTimeout time.Duration
+	userAgent    string
+	maxConns     int
+}
+
+// clientInit is the authenticating client being built (the registry ping
+// and token exchange), shared by the requests that wait for it.
+type clientInit struct {
+	done   chan struct{}
+	client *http.Client
+	err    error
+}
+
+// errStalled cancels an attempt that received nothing for the stall timeout.
+var errStalled = errors.New("no data for the stall timeout")
+
+// FetchOption configures a RangeFetcher.
+type FetchOption func(*fetchConfig)
+
+// WithKeychain resolves credentials with k (default authn.DefaultKeychain:
+// the docker config and its credential helpers).
+func WithKeychain(k authn.Keychain) FetchOption { return func(c *fetchConfig) { c.keychain = k } }
+
+// WithPlainHTTP talks plain HTTP to the registry (loopback registries are
+// tried over plain HTTP anyway).
+func WithPlainHTTP() FetchOption { return func(c *fetchConfig) { c.plainHTTP = true } }
+
+// WithTransport sends requests through rt (default: a clone of
+// http.DefaultTransport keeping enough idle connections for the
+// concurrency).
+func WithTransport(rt http.RoundTripper) FetchOption { return func(c *fetchConfig) { c.base = rt } }
+
+// WithBackoff sets the retry policy (default DefaultBackoff).
+func WithBackoff(b Backoff) FetchOption { return func(c *fetchConfig) { c.backoff = b } }
+
+// WithStallTimeout abandons and retries an attempt that receives nothing
+// (no answer, no body bytes) for d, so a stalled connection is retried
+// within the caller's deadline while a slow but moving one is not cut
+// (default 10 s; 0: never).
+func WithStallTimeout(d time.Duration) FetchOption {
+	return func(c *fetchConfig) { c.stallTimeout = d }
+}
+
+// withMaxConns sizes the idle connection pool (Open sets it to the
+// concurrency).
+func withMaxConns(n int) FetchOption { return func(c *fetchConfig) { c.maxConns = max(n, 2) } }
+
+// WithUserAgent sets the User-Agent (default "sluice").
+func WithUserAgent(ua string) FetchOption { return func(c *fetchConfig) { c.userAgent = ua } }
+
+// NewRangeFetcher returns a fetcher for the blob desc in repo.
+func NewRangeFetcher(repo name.Repository, desc v1.Descriptor, opts ...FetchOption) *RangeFetcher {
+	cfg := fetchConfig{
+		keychain:     authn.DefaultKeychain,
+		backoff:      DefaultBackoff,
+		stallTimeout: 10 * time.Second,
+		userAgent:    "sluice",
+		maxConns:     8,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.plainHTTP {
+		if reg, err := name.NewRegistry(repo.RegistryStr(), name.Insecure); err == nil {
+			repo.Registry = reg
+		}
+	}
+	return &RangeFetcher{repo: repo, blob: desc.Digest, size: desc.Size, cfg: cfg}
+}
+
+// Size returns the blob's size.
+func (f *RangeFetcher) Size() int64 { return f.size }
+
+// Stats returns the fetcher's counters.
+func (f *RangeFetcher) Stats() FetchStats {
+	return FetchStats{Requests: f.requests.Load(), Retries: f.retries.Load(), Bytes: f.bytes.Load(), RangeIgnored: f.rangeIgnored.Load()}
+}
+
+// FetchRange returns the n bytes of the blob at off, retrying transient
+// errors with backoff until ctx ends or the backoff's attempts run out.
+func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, error) {
+	if off < 0 || n <= 0 || off > f.size-n {
+		return nil, fmt.Errorf("blob %s: range [%d,+%d) outside its %d bytes", f.blob, off, n, f.size)
+	}
+	log := zerolog.Ctx(ctx)
+	var last error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			f.retries.Add(1)
+		}
+		b, err := f.try(ctx, off, n)
+		if err == nil {
+			return b, nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
+		}
+		if !transient(err) || (f.cfg.backoff.Attempts > 0 && attempt+1 >= f.cfg.backoff.Attempts) {
+			return nil, fmt.Errorf("blob %s bytes %d-%d: %w", f.blob, off, off+n-1, err)
+		}
+		d := f.cfg.backoff.delay(attempt)
+		var se *statusError
+		if errors.As(err, &se) && se.retryAfter > d {
+			d = min(se.retryAfter, f.cfg.backoff.Max)
+		}
+		log.Debug().Err(err).Str("blob", f.blob.String()).Int64("offset", off).Int("attempt", attempt+1).Dur("backoff", d).Msg("retrying range fetch")
+		if sleep(ctx, d) != nil {
+			return nil, fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
+		}
+	}
+}
+
+// try makes one request.
+func (f *RangeFetcher) try(ctx context.Context, off, n int64) (b []byte, err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var stall *time.Timer
+	if f.cfg.stallTimeout > 0 {
+		stall = time.AfterFunc(f.cfg.stallTimeout, func() { cancel(errStalled) })
+		defer stall.Stop()
+	}
+	defer func() {
+		if err != nil && context.Cause(ctx) == errStalled {
+			err = fmt.Errorf("%w: %v", errStalled, err)
+		}
+	}()
+	client, err := f.httpClient(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", f.repo.RegistryStr(), err)
+	}
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", f.repo.Scheme(), f.repo.RegistryStr(), f.repo.RepositoryStr(), f.blob)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, permanentError{err}
+	}
+	// A closed range, always inside the blob: some registries answer an
+	// open-ended or overlong range with 416.
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	f.requests.Add(1)
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body := &countingReader{r: resp.Body, n: &f.bytes, stall: stall, d: f.cfg.stallTimeout}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		if err := checkContentRange(resp.Header.Get("Content-Range"), off, n, f.size); err != nil {
+			return nil, err
+		}
+	case http.StatusOK:
+		// Range ignored: the body is the whole blob. Skip to off, reading
+		// through a small buffer so memory stays bounded.
+		f.rangeIgnored.Add(1)
+		if resp.ContentLength >= 0 && resp.ContentLength != f.size {
+			return nil, fmt.Errorf("200 answer of %d bytes for a %d-byte blob", resp.ContentLength, f.size)
+		}
+		if _, err := io.CopyN(io.Discard, body, off); err != nil {
+			return nil, fmt.Errorf("skipping to %d in a 200 answer: %w", off, truncated(err))
+		}
+	default:
+		err := newStatusError(resp)
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // reuse the connection
+		return nil, err
+	}
+	b = make([]byte, n)
+	if _, err := io.ReadFull(body, b); err != nil {
+		return nil, truncated(err)
+	}
+	return b, nil
+}
+
+func truncated(err error) error {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("truncated body: %w", io.ErrUnexpectedEOF)
+	}
+	return err
+}
+
+// checkContentRange checks a 206 answer is the range asked for.
+func checkContentRange(h string, off, n, size int64) error {
+	var first, last int64
+	var total string
+	rest, ok := strings.CutPrefix(h, "bytes ")
+	if ok {
+		var r string
+		r, total, ok = strings.Cut(rest, "/")
+		if ok {
+			a, b, ok2 := strings.Cut(r, "-")
+			var e1, e2 error
+			first, e1 = strconv.ParseInt(a, 10, 64)
+			last, e2 = strconv.ParseInt(b, 10, 64)
+			ok = ok2 && e1 == nil && e2 == nil
+		}
+	}
+	if !ok || first != off || last != off+n-1 || (total != "*" && total != strconv.FormatInt(size, 10)) {
+		return fmt.Errorf("206 answer with Content-Range %q, asked for bytes %d-%d/%d", h, off, off+n-1, size)
+	}
+	return nil
+}
+
+// httpClient returns the authenticating client, building it on first use
+// (one build at a time, each waiter bounded by its own ctx); a failure
+// (registry down) is retried by the caller like any transient error.
+func (f *RangeFetcher) httpClient(ctx context.Context) (*http.Client, error) {
+	f.mu.Lock()
+	in := f.init
+	if in == nil || (isClosed(in.done) && in.err != nil) {
+		in = &clientInit{done: make(chan struct{})}
+		f.init = in
+		// Not bound to this caller's attempt: the others wait for it too.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(f.cfg.stallTimeout, 30*time.Second))
+		go func() {
+			defer cancel()
+			in.client, in.err = f.newClient(bctx)
+			close(in.done)
+		}()
+	}
+	f.mu.Unlock()
+	select {
+	case <-in.done:
+		return in.client, in.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func (f *RangeFetcher) newClient(ctx context.Context) (*http.Client, error) {
+	auth, err := authn.Resolve(ctx, f.cfg.keychain, f.repo)
+	if err != nil {
+		return nil, permanentError{fmt.Errorf("resolving credentials: %w", err)}
+	}
+	base := f.cfg.base
+	if base == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = f.cfg.maxConns
+		base = t
+	}
+	base = transport.NewUserAgent(base, f.cfg.userAgent)
+	rt, err := transport.NewWithContext(ctx, f.repo.Registry, auth, base, []string{f.repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, err
+	}
+	registryHost := f.repo.RegistryStr()
+	return &http.Client{
+		Transport: rt,
+		// ggcr's transport only adds credentials for the registry's own
+		// host, and net/http drops them on cross-domain redirects; also drop
+		// them for another port of the same host (a storage service).
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 10 {
+				return errors.New("stopped after 10 redirects")
+			}
+			if req.URL.Host != registryHost {
+				req.Header.Del("Authorization")
+			}
+			return nil
+		},
+	}, nil
+}
+
+// countingReader counts body bytes and pushes back the stall timer.
+type countingReader struct {
+	r     io.Reader
+	n     *atomic.Int64
+	stall *time.Timer
+	d     time.Duration
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.n.Add(int64(n))
+		if c.stall != nil {
+			c.stall.Reset(c.d)
+		}
+	}
+	return n, err
+}

@@ -1,0 +1,237 @@
+package blockcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-project/sluice/imageconv"
+)
+
+// ErrTimeout means a read could not be served within the read timeout,
+// typically because the registry is down or too slow.
+var ErrTimeout = errors.New("read timed out")
+
+// Image serves the flattened ext4 image of one artifact: ReadAt maps a
+// byte range to chunks, takes them from the store or fetches them, and
+// copies. It satisfies io.ReaderAt plus Size, the block-device backend
+// interface, and is safe for concurrent use.
+type Image struct {
+	art     *imageconv.Artifact
+	ix      *imageconv.Index
+	store   *Store
+	fetcher *RangeFetcher
+	loader  *loader
+	cfg     imageConfig
+	stats   *counters
+	limiter *tokenBucket
+
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
+	closed atomic.Bool
+
+	recMu sync.Mutex
+	rec   recorder
+}
+
+var _ interface {
+	io.ReaderAt
+	Size() int64
+} = (*Image)(nil)
+
+// Open serves the image of art from store, fetching what is missing from
+// art's repository. ctx carries the logger; the image lives until Close,
+// not until ctx ends. Opening makes no request: a fully cached image reads
+// with the registry down. Prefetch, if any, starts at once.
+func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Option) (*Image, error) {
+	if art == nil || art.Index == nil {
+		return nil, errors.New("open image: artifact without an index")
+	}
+	if store == nil {
+		return nil, errors.New("open image: no chunk store")
+	}
+	if art.Data.Size != art.Index.DataSize {
+		return nil, fmt.Errorf("open image %s: data blob is %d bytes, index says %d: %w", art.Descriptor.Digest, art.Data.Size, art.Index.DataSize, imageconv.ErrBadIndex)
+	}
+	cfg := defaultImageConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	dec, err := newDecoder(art.Index.ChunkSize)
+	if err != nil {
+		return nil, fmt.Errorf("open image %s: %w", art.Descriptor.Digest, err)
+	}
+	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	im := &Image{
+		art: art, ix: art.Index, store: store, cfg: cfg, stats: newCounters(), cancel: cancel,
+		fetcher: NewRangeFetcher(art.Repo, art.Data, append([]FetchOption{withMaxConns(cfg.concurrency)}, cfg.fetchOpts...)...),
+		rec:     recorder{seen: make([]bool, len(art.Index.Chunks))},
+	}
+	var fetch rangeFetcher = im.fetcher
+	if cfg.fetcher != nil {
+		fetch = cfg.fetcher
+	}
+	im.loader = &loader{
+		ix: im.ix, fetch: fetch, store: store, dec: dec,
+		sched:    newScheduler(cfg.concurrency, 1),
+		maxRange: cfg.maxRange, fetchTimeout: cfg.readTimeout,
+		stats: im.stats, base: base, inflight: map[[32]byte]*call{},
+	}
+	if cfg.rate > 0 {
+		im.limiter = newTokenBucket(cfg.rate, max(cfg.maxRange, cfg.rate/10))
+		if cfg.limiterClockHook != nil {
+			cfg.limiterClockHook(im.limiter)
+		}
+	}
+	if cfg.profile != nil || (cfg.artifactProfile && art.Profile != nil) || cfg.rate > 0 {
+		im.bg.Add(1)
+		go im.prefetch(base)
+	}
+	return im, nil
+}
+
+// Size returns the size of the flattened image in bytes.
+func (im *Image) Size() int64 { return im.ix.ImageSize }
+
+// ReadAt reads len(p) bytes at off. Reading past the end returns the bytes
+// up to it and io.EOF. A read that cannot be served in the read timeout
+// returns an error wrapping ErrTimeout; one whose chunk fails verification
+// twice, ErrChunkCorrupt.
+func (im *Image) ReadAt(p []byte, off int64) (int, error) {
+	size := im.ix.ImageSize
+	switch {
+	case im.closed.Load():
+		return 0, ErrClosed
+	case off < 0:
+		return 0, fmt.Errorf("read at offset %d: negative offset", off)
+	case off >= size:
+		return 0, io.EOF
+	case len(p) == 0:
+		return 0, nil
+	}
+	want, eof := p, false
+	if int64(len(p)) > size-off {
+		want, eof = p[:size-off], true
+	}
+	cs := im.ix.ChunkSize
+	first, last := int(off/cs), int((off+int64(len(want))-1)/cs)
+	idxs := make([]int, 0, last-first+1)
+	nonZero := 0
+	for i := first; i <= last; i++ {
+		idxs = append(idxs, i)
+		if !im.ix.Chunks[i].Zero() {
+			nonZero++
+		}
+	}
+	im.record(first, last)
+	im.stats.reads.Add(1)
+
+	start := time.Now()
+	ctx, cancel := withTimeout(im.loader.base, im.cfg.readTimeout)
+	defer cancel()
+	data, misses, err := im.loader.load(ctx, idxs, true)
+	im.stats.hits.Add(int64(nonZero - misses))
+	im.stats.misses.Add(int64(misses))
+	if misses > 0 {
+		im.stats.faultLatency.observe(time.Since(start))
+	}
+	if err != nil {
+		im.stats.readErrors.Add(1)
+		if im.closed.Load() {
+			return 0, fmt.Errorf("read of %d bytes at offset %d: %w", len(want), off, ErrClosed)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			im.stats.timeouts.Add(1)
+			return 0, fmt.Errorf("read of %d bytes at offset %d: %w after %s: %w", len(want), off, ErrTimeout, im.cfg.readTimeout, err)
+		}
+		return 0, fmt.Errorf("read of %d bytes at offset %d: %w", len(want), off, err)
+	}
+	end := off + int64(len(want))
+	for k, i := range idxs {
+		cstart := int64(i) * cs
+		lo, hi := max(off, cstart), min(end, cstart+im.ix.ChunkLen(i))
+		dst := want[lo-off : hi-off]
+		if data[k] == nil {
+			clear(dst)
+		} else {
+			copy(dst, data[k][lo-cstart:hi-cstart])
+		}
+	}
+	if eof {
+		return len(want), io.EOF
+	}
+	return len(want), nil
+}
+
+// withTimeout is context.WithTimeout, with d <= 0 meaning no deadline.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+func (im *Image) record(first, last int) {
+	im.recMu.Lock()
+	im.rec.note(first, last)
+	im.recMu.Unlock()
+}
+
+// Recorded returns the chunks reads have touched so far, in the order they
+// were first read: a profile for the next start of this image.
+func (im *Image) Recorded() Profile {
+	im.recMu.Lock()
+	defer im.recMu.Unlock()
+	return Profile{ChunkSize: im.ix.ChunkSize, Chunks: append([]int(nil), im.rec.order...)}
+}
+
+// Stats returns a snapshot of the image's statistics.
+func (im *Image) Stats() Stats {
+	s := Stats{
+		ImageSize: im.ix.ImageSize, DataSize: im.ix.DataSize,
+		ChunksTotal:     len(im.ix.Chunks),
+		BytesFetched:    im.stats.bytesFetched.Load(),
+		BackgroundBytes: im.stats.backgroundBytes.Load(),
+		Fetches:         im.stats.fetches.Load(),
+		Fetcher:         im.fetcher.Stats(),
+		CacheHits:       im.stats.hits.Load(),
+		CacheMisses:     im.stats.misses.Load(),
+		CorruptChunks:   im.stats.corrupt.Load(),
+		Reads:           im.stats.reads.Load(),
+		ReadErrors:      im.stats.readErrors.Load(),
+		Timeouts:        im.stats.timeouts.Load(),
+		FaultLatency:    im.stats.faultLatency.snapshot(),
+		BackgroundDone:  im.stats.backgroundDone.Load(),
+	}
+	for _, c := range im.ix.Chunks {
+		switch {
+		case c.Zero():
+			s.ChunksZero++
+			s.ChunksPresent++
+		case im.store.Has(c.Digest):
+			s.ChunksPresent++
+		}
+	}
+	if s.ChunksTotal > 0 {
+		s.PercentComplete = 100 * float64(s.ChunksPresent) / float64(s.ChunksTotal)
+	} else {
+		s.PercentComplete = 100
+	}
+	return s
+}
+
+// Close stops prefetch and waits for fetches in flight. Reads after Close
+// fail with ErrClosed. The store stays open.
+func (im *Image) Close() error {
+	if im.closed.Swap(true) {
+		return nil
+	}
+	im.cancel()
+	im.bg.Wait()
+	im.loader.close()
+	return nil
+}

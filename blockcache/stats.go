@@ -1,0 +1,93 @@
+package blockcache
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Stats is a snapshot of one image's data path.
+type Stats struct {
+	// ImageSize is the flattened image's size in bytes; DataSize the data
+	// blob's.
+	ImageSize, DataSize int64
+	// ChunksTotal counts every chunk of the image, ChunksZero the all-zero
+	// ones, ChunksPresent those a read finds locally (zero chunks and
+	// chunks in the store). PercentComplete is 100*present/total.
+	ChunksTotal, ChunksZero, ChunksPresent int
+	PercentComplete                        float64
+	// BytesFetched counts compressed bytes of verified range requests,
+	// BackgroundBytes the part fetched by prefetch; Fetches those requests.
+	BytesFetched, BackgroundBytes, Fetches int64
+	// Fetcher is what the range fetcher saw, retries and discarded bytes
+	// of ignored Range headers included.
+	Fetcher FetchStats
+	// CacheHits and CacheMisses count chunks looked up by reads.
+	CacheHits, CacheMisses int64
+	// CorruptChunks counts fetched chunks that failed verification.
+	CorruptChunks int64
+	// Reads, ReadErrors and Timeouts count ReadAt calls.
+	Reads, ReadErrors, Timeouts int64
+	// FaultLatency is the latency of reads that needed a fetch.
+	FaultLatency Histogram
+	// BackgroundDone is set once prefetch has fetched every chunk.
+	BackgroundDone bool
+}
+
+// FaultLatencyBounds are the upper bounds of FaultLatency's buckets.
+var FaultLatencyBounds = []time.Duration{
+	time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second, 30 * time.Second,
+}
+
+// Histogram counts observations in buckets: Counts[i] counts those at most
+// Bounds[i] (and above Bounds[i-1]); the last count, one past Bounds, those
+// above every bound. Counts are not cumulative.
+type Histogram struct {
+	Bounds []time.Duration
+	Counts []uint64
+	Count  uint64
+	Sum    time.Duration
+}
+
+type histogram struct {
+	mu sync.Mutex
+	h  Histogram
+}
+
+func newHistogram(bounds []time.Duration) *histogram {
+	return &histogram{h: Histogram{Bounds: bounds, Counts: make([]uint64, len(bounds)+1)}}
+}
+
+func (h *histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(h.h.Bounds) && d > h.h.Bounds[i] {
+		i++
+	}
+	h.mu.Lock()
+	h.h.Counts[i]++
+	h.h.Count++
+	h.h.Sum += d
+	h.mu.Unlock()
+}
+
+func (h *histogram) snapshot() Histogram {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.h
+	s.Counts = append([]uint64(nil), h.h.Counts...)
+	return s
+}
+
+// counters are an image's live statistics.
+type counters struct {
+	bytesFetched, backgroundBytes, fetches atomic.Int64
+	hits, misses, corrupt                  atomic.Int64
+	reads, readErrors, timeouts            atomic.Int64
+	backgroundDone                         atomic.Bool
+	faultLatency                           *histogram
+}
+
+func newCounters() *counters { return &counters{faultLatency: newHistogram(FaultLatencyBounds)} }

@@ -1,0 +1,251 @@
+package blockcache
+
+import (
+	"container/list"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// Store errors.
+var (
+	// ErrStoreFull means a chunk could not be cached: making room would
+	// have needed evicting chunks that readers hold, or the chunk alone is
+	// bigger than the bound. The chunk is still served.
+	ErrStoreFull = errors.New("chunk store full")
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("closed")
+)
+
+// Store is the on-disk chunk cache, shared by every image: one file per
+// chunk holding its uncompressed bytes, named by the hex sha256 of those
+// bytes, under DIR/ab/cd/ (the first two bytes of the digest). It never
+// holds more than its bound (file data counted in 4 KiB blocks; temporary
+// files count from before they are written), evicting the least recently
+// used chunks no reader holds.
+//
+// Crash safety: a chunk is written to a temporary file in its final
+// directory and renamed into place, so a file under a digest name was
+// complete when renamed. There is no fsync (unless WithFsync): after a power
+// loss a file may hold garbage, which costs nothing because every load from
+// disk is verified against the name and a mismatching file is deleted, not
+// served. Opening removes temporary files left by a crash and re-indexes the
+// chunk files; the least recently used order restarts from modification
+// times. A lock file keeps two processes from sharing a directory.
+//
+// A bounded in-memory layer keeps recently used chunks so that consecutive
+// reads of one chunk do not each read and hash the file.
+type Store struct {
+	dir   string
+	limit int64
+	fsync bool
+	lock  *os.File
+	hot   *hotCache
+
+	mu        sync.Mutex
+	closed    bool
+	entries   map[[32]byte]*entry
+	lru       *list.List // of *entry, most recently used first
+	writing   map[[32]byte]struct{}
+	used      int64 // blocks of indexed files plus reservations, in bytes
+	highWater int64
+	evictions int64
+	corrupt   int64
+	full      int64
+	dirs      map[string]bool // fan-out directories known to exist
+}
+
+type entry struct {
+	digest [32]byte
+	size   int64 // accounted bytes (file size rounded up to 4 KiB)
+	pins   int
+	elem   *list.Element
+}
+
+// StoreStats is a snapshot of a store.
+type StoreStats struct {
+	// Used is the bytes accounted (4 KiB blocks of chunk files and of
+	// writes in progress); HighWater its maximum since opening; Limit the
+	// bound.
+	Used, HighWater, Limit int64
+	Chunks                 int
+	// Evictions counts chunks evicted for room; Corrupt files found not to
+	// match their name and deleted; Full puts refused for lack of room.
+	Evictions, Corrupt, Full int64
+	// HotBytes is the size of the in-memory layer.
+	HotBytes int64
+}
+
+type storeConfig struct {
+	fsync    bool
+	hotBytes int64
+}
+
+// StoreOption configures a Store.
+type StoreOption func(*storeConfig)
+
+// WithFsync fsyncs every chunk file before renaming it into place
+// (default off: torn files are caught by verification).
+func WithFsync(on bool) StoreOption { return func(c *storeConfig) { c.fsync = on } }
+
+// WithHotBytes bounds the in-memory layer (default 64 MiB; 0 disables it).
+func WithHotBytes(n int64) StoreOption { return func(c *storeConfig) { c.hotBytes = n } }
+
+const (
+	blockSize = 4096
+	tmpPrefix = ".tmp-"
+	lockName  = ".lock"
+)
+
+func blocks(n int64) int64 { return (n + blockSize - 1) / blockSize * blockSize }
+
+// OpenStore opens (creating it if needed) the store in dir, bounded to
+// limit bytes, removing leftovers of a crash and evicting down to the bound.
+func OpenStore(ctx context.Context, dir string, limit int64, opts ...StoreOption) (*Store, error) {
+	cfg := storeConfig{hotBytes: 64 << 20}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if limit <= 0 {
+		return nil, fmt.Errorf("chunk store %s: bound of %d bytes", dir, limit)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("chunk store: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("chunk store: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("chunk store %s is in use by another process: %w", dir, err)
+	}
+	s := &Store{
+		dir: dir, limit: limit, fsync: cfg.fsync, lock: lock,
+		hot:     newHotCache(cfg.hotBytes),
+		entries: map[[32]byte]*entry{}, lru: list.New(),
+		writing: map[[32]byte]struct{}{}, dirs: map[string]bool{},
+	}
+	if err := s.reindex(ctx); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("chunk store %s: %w", dir, err)
+	}
+	s.mu.Lock()
+	s.evictLocked(ctx, 0)
+	s.highWater = s.used
+	s.mu.Unlock()
+	return s, nil
+}
+
+// reindex walks DIR/ab/cd/, removing temporary and foreign files and
+// indexing chunk files, oldest first in the LRU order.
+func (s *Store) reindex(ctx context.Context) error {
+	log := zerolog.Ctx(ctx)
+	type found struct {
+		e     *entry
+		mtime time.Time
+	}
+	var all []found
+	var removed int
+	l1, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, a := range l1 {
+		if !a.IsDir() || !isHexByte(a.Name()) {
+			continue
+		}
+		l2, err := os.ReadDir(filepath.Join(s.dir, a.Name()))
+		if err != nil {
+			return err
+		}
+		for _, b := range l2 {
+			if !b.IsDir() || !isHexByte(b.Name()) {
+				continue
+			}
+			leaf := filepath.Join(s.dir, a.Name(), b.Name())
+			s.dirs[leaf] = true
+			files, err := os.ReadDir(leaf)
+			if err != nil {
+				return err
+			}
+			for _, f := range files {
+				d, ok := parseDigest(f.Name())
+				var info fs.FileInfo
+				if ok && f.Type().IsRegular() && strings.HasPrefix(f.Name(), a.Name()+b.Name()) {
+					info, err = f.Info()
+				}
+				if info == nil || err != nil {
+					// A temporary file of an interrupted write, or not ours.
+					if rerr := os.RemoveAll(filepath.Join(leaf, f.Name())); rerr != nil {
+						return rerr
+					}
+					removed++
+					continue
+				}
+				all = append(all, found{&entry{digest: d, size: blocks(info.Size())}, info.ModTime()})
+			}
+		}
+	}
+	slices.SortFunc(all, func(x, y found) int { return x.mtime.Compare(y.mtime) })
+	for _, f := range all {
+		f.e.elem = s.lru.PushFront(f.e)
+		s.entries[f.e.digest] = f.e
+		s.used += f.e.size
+	}
+	log.Debug().Str("dir", s.dir).Int("chunks", len(all)).Int64("bytes", s.used).Int("removed", removed).Msg("chunk store opened")
+	return nil
+}
+
+func isHexByte(s string) bool {
+	_, err := hex.DecodeString(s)
+	return len(s) == 2 && err == nil && strings.ToLower(s) == s
+}
+
+func parseDigest(s string) ([32]byte, bool) {
+	var d [32]byte
+	if len(s) != 64 || strings.ToLower(s) != s {
+		return d, false
+	}
+	_, err := hex.Decode(d[:], []byte(s))
+	return d, err == nil
+}
+
+// path returns the file of digest d and its directory.
+func (s *Store) path(d [32]byte) (dir, file string) {
+	h := hex.EncodeToString(d[:])
+	dir = filepath.Join(s.dir, h[:2], h[2:4])
+	return dir, filepath.Join(dir, h)
+}
+
+// Stats returns a snapshot of the store.
+func (s *Store) Stats() StoreStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return StoreStats{
+		Used: s.used, HighWater: s.highWater, Limit: s.limit, Chunks: len(s.entries),
+		Evictions: s.evictions, Corrupt: s.corrupt, Full: s.full, HotBytes: s.hot.size(),
+	}
+}
+
+// Close releases the directory. Chunks stay on disk for the next Open.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.lock.Close()
+}
