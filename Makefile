@@ -43,7 +43,8 @@ test: deps ## install deps, go vet, go test -race, short fuzz runs
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 	@for f in $(FUZZ); do \
 		pkg="$${f%%:*}"; name="$${f#*:}"; \
-		$(GO) test -list "^$$name\$$" "$$pkg" | grep -qx "$$name" || { echo "FUZZ: no $$name in $$pkg"; exit 1; }; \
+		listed="$$($(GO) test -list "^$$name\$$" "$$pkg")"; \
+		grep -qx "$$name" <<<"$$listed" || { echo "FUZZ: no $$name in $$pkg"; exit 1; }; \
 		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
 	done
