@@ -70,11 +70,18 @@ func printResults(image string, results []imageconv.Result) {
 			fmt.Fprintf(w, "  platform\t%s\n", r.Platform)
 		}
 		fmt.Fprintf(w, "  source\t%s\n", r.Source.Digest)
-		fmt.Fprintf(w, "  source size\t%s compressed, %s uncompressed, %d layers\n", cliutil.FormatSize(s.SourceCompressed), cliutil.FormatSize(s.SourceUncompressed), s.Layers)
+		fmt.Fprintf(w, "  source size\t%s compressed, %s uncompressed, %s\n", cliutil.FormatSize(s.SourceCompressed), cliutil.FormatSize(s.SourceUncompressed), plural(s.Layers, "layer"))
 		fmt.Fprintf(w, "  ext4 size\t%s\n", cliutil.FormatSize(s.ImageSize))
 		fmt.Fprintf(w, "  artifact size\t%s\n", cliutil.FormatSize(s.ArtifactSize))
 		fmt.Fprintf(w, "  chunks\t%d of %s: %d stored (%d distinct), %d all-zero\n", s.Chunks, cliutil.FormatSize(s.ChunkSize), s.Chunks-s.ZeroChunks, s.UniqueChunks, s.ZeroChunks)
 		fmt.Fprintf(w, "  elapsed\t%s\n", s.Elapsed.Round(10e6))
 		w.Flush()
 	}
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
