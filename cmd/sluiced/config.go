@@ -1,0 +1,156 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/sluice-project/sluice/cmd/internal/cliutil"
+)
+
+// Config is /etc/sluice/config.toml. Every field is optional; the comment
+// gives its default. config.sample.toml shows them all.
+type Config struct {
+	// Root holds snapshots, their metadata and image mounts. Default "/var/lib/sluice".
+	Root string `toml:"root"`
+	// Address is the containerd proxy snapshotter's gRPC socket. Default "/run/sluice/snapshotter.sock".
+	Address string `toml:"address"`
+	// NBDSocket is where the NBD exports are served, owner-only. Default "/run/sluice/nbd.sock".
+	NBDSocket string `toml:"nbd_socket"`
+	// MetricsAddress serves /healthz and /metrics; loopback only. Default "127.0.0.1:9808"; "" disables it.
+	MetricsAddress string `toml:"metrics_address"`
+	// LogLevel is debug, info, warn or error. Default "info".
+	LogLevel string `toml:"log_level"`
+	// Policy for images without a usable artifact: "fallback" pulls them
+	// normally, "require" fails the pull. Default "fallback".
+	Policy string `toml:"policy"`
+	// Attacher is "auto", "kernel" or "portable". Default "auto": the kernel
+	// nbd driver when it is there, nbdfuse + loop otherwise.
+	Attacher string `toml:"attacher"`
+	// PlainHTTP lists registries reached over plain HTTP, e.g. ["127.0.0.1:5000"]. Default none.
+	PlainHTTP []string `toml:"plain_http"`
+	// CredentialsFile is a docker-config-format file of node credentials,
+	// used before ~/.docker/config.json and credential helpers. Default "/etc/sluice/credentials.json" if it exists.
+	CredentialsFile string      `toml:"credentials_file"`
+	Cache           CacheConfig `toml:"cache"`
+}
+
+// CacheConfig is the [cache] table.
+type CacheConfig struct {
+	// Dir is the on-disk chunk cache shared by all images. Default "/var/cache/sluice/chunks".
+	Dir string `toml:"dir"`
+	// Size bounds the cache; least recently used chunks go first. Default "10GiB".
+	Size string `toml:"size"`
+	// BackgroundRate is bytes per second fetched in the background after
+	// the prefetch profile; "0" turns background fetch off. Default "50MiB".
+	BackgroundRate string `toml:"background_rate"`
+	// ReadTimeout fails a block read with EIO after this long. Default "30s".
+	ReadTimeout string `toml:"read_timeout"`
+	// FetchConcurrency bounds range requests in flight per image. Default 4.
+	FetchConcurrency int `toml:"fetch_concurrency"`
+
+	size, backgroundRate int64
+	readTimeout          time.Duration
+}
+
+func defaultConfig() Config {
+	return Config{
+		Root:            "/var/lib/sluice",
+		Address:         "/run/sluice/snapshotter.sock",
+		NBDSocket:       "/run/sluice/nbd.sock",
+		MetricsAddress:  "127.0.0.1:9808",
+		LogLevel:        "info",
+		Policy:          "fallback",
+		Attacher:        "auto",
+		CredentialsFile: "/etc/sluice/credentials.json",
+		Cache: CacheConfig{
+			Dir:              "/var/cache/sluice/chunks",
+			Size:             "10GiB",
+			BackgroundRate:   "50MiB",
+			ReadTimeout:      "30s",
+			FetchConcurrency: 4,
+		},
+	}
+}
+
+// loadConfig reads path over the defaults. Unknown fields, wrong types and
+// bad values are errors that name the field.
+func loadConfig(path string) (Config, error) {
+	c := defaultConfig()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	md, err := toml.Decode(string(b), &c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return c, fmt.Errorf("config %s: %s", path, pe.ErrorWithPosition())
+		}
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return c, fmt.Errorf("config %s: unknown field %s", path, strings.Join(keys, ", "))
+	}
+	if err := c.validate(); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) validate() error {
+	for field, p := range map[string]string{"root": c.Root, "address": c.Address, "nbd_socket": c.NBDSocket, "cache.dir": c.Cache.Dir} {
+		if p == "" || !filepath.IsAbs(p) {
+			return fmt.Errorf("%s: want an absolute path, got %q", field, p)
+		}
+	}
+	if _, err := cliutil.NewLogger(c.LogLevel); err != nil {
+		return fmt.Errorf("log_level: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	switch c.Policy {
+	case "fallback", "require":
+	default:
+		return fmt.Errorf("policy: want \"fallback\" or \"require\", got %q", c.Policy)
+	}
+	switch c.Attacher {
+	case "auto", "kernel", "portable":
+	default:
+		return fmt.Errorf("attacher: want \"auto\", \"kernel\" or \"portable\", got %q", c.Attacher)
+	}
+	if c.MetricsAddress != "" {
+		host, _, err := net.SplitHostPort(c.MetricsAddress)
+		ip := net.ParseIP(host)
+		if err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return fmt.Errorf("metrics_address: want a loopback host:port such as 127.0.0.1:9808, got %q", c.MetricsAddress)
+		}
+	}
+	for _, r := range c.PlainHTTP {
+		if r == "" || strings.Contains(r, "/") {
+			return fmt.Errorf("plain_http: %q is not a registry host[:port]", r)
+		}
+	}
+	var err error
+	if c.Cache.size, err = cliutil.ParseSize(c.Cache.Size); err != nil || c.Cache.size == 0 {
+		return fmt.Errorf("cache.size: want a size such as \"10GiB\", got %q", c.Cache.Size)
+	}
+	if c.Cache.backgroundRate, err = cliutil.ParseSize(c.Cache.BackgroundRate); err != nil {
+		return fmt.Errorf("cache.background_rate: want bytes per second such as \"50MiB\", got %q", c.Cache.BackgroundRate)
+	}
+	if c.Cache.readTimeout, err = time.ParseDuration(c.Cache.ReadTimeout); err != nil || c.Cache.readTimeout <= 0 {
+		return fmt.Errorf("cache.read_timeout: want a duration such as \"30s\", got %q", c.Cache.ReadTimeout)
+	}
+	if c.Cache.FetchConcurrency < 1 || c.Cache.FetchConcurrency > 64 {
+		return fmt.Errorf("cache.fetch_concurrency: want 1 to 64, got %d", c.Cache.FetchConcurrency)
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSampleConfigIsTheDefaults(t *testing.T) {
+	c, err := loadConfig("config.sample.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := defaultConfig()
+	if err := d.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Root != d.Root || c.Address != d.Address || c.Policy != d.Policy || c.Cache != d.Cache || c.MetricsAddress != d.MetricsAddress {
+		t.Errorf("sample %+v differs from defaults %+v", c, d)
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	for body, want := range map[string]string{
+		`policy = "sometimes"`:                 "policy:",
+		`polcy = "require"`:                    "unknown field polcy",
+		"[cache]\nsize = \"lots\"":             "cache.size:",
+		"[cache]\nsize = 10":                   "cache.size",
+		"[cache]\nread_timeout = \"-1s\"":      "cache.read_timeout:",
+		"[cache]\nfetch_concurrency = 0":       "cache.fetch_concurrency:",
+		"[cache]\nbogus = 1":                   "unknown field cache.bogus",
+		`metrics_address = "0.0.0.0:9808"`:     "metrics_address:",
+		`root = "relative/dir"`:                "root:",
+		`attacher = "magic"`:                   "attacher:",
+		`log_level = "chatty"`:                 "log_level:",
+		`plain_http = ["http://x/y"]`:          "plain_http:",
+		"policy = \"require\"\npolicy = \"x\"": "policy",
+		`root = `:                              "line 1",
+	} {
+		_, err := loadConfig(writeConfig(t, body))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config %q: error %v, want it to name %q", body, err, want)
+		}
+	}
+	if _, err := loadConfig(filepath.Join(t.TempDir(), "missing.toml")); err == nil {
+		t.Error("a missing config file was accepted")
+	}
+}
+
+func TestConfigOverrides(t *testing.T) {
+	c, err := loadConfig(writeConfig(t, "policy = \"require\"\nplain_http = [\"127.0.0.1:5000\"]\n[cache]\nsize = \"1GiB\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy != "require" || c.Cache.size != 1<<30 || c.Cache.Dir != defaultConfig().Cache.Dir || len(c.PlainHTTP) != 1 {
+		t.Errorf("got %+v", c)
+	}
+}
