@@ -38,6 +38,9 @@ apt_packages=(
 	util-linux     # losetup, mount
 	jq
 	curl
+	containerd     # containerd 1.6 for snapshotter and pull tests
+	runc
+	fuse3          # fusermount3 for nbdfuse (portable attach)
 )
 
 # Go tools, as "name=module/path@version" (name = the binary go install makes).
