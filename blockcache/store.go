@@ -71,6 +71,9 @@ type entry struct {
 	size   int64 // accounted bytes (file size rounded up to 4 KiB)
 	pins   int
 	elem   *list.Element
+	// verified: this process wrote the file or has checked its content, so
+	// parts of it may be read without hashing it whole again.
+	verified bool
 }
 
 // StoreStats is a snapshot of a store.

@@ -45,6 +45,11 @@ func (s *Store) Get(ctx context.Context, d [32]byte) ([]byte, bool) {
 	b, err := os.ReadFile(file)
 	unpin()
 	if err == nil && sha256.Sum256(b) == d {
+		s.mu.Lock()
+		if e, ok := s.entries[d]; ok {
+			e.verified = true
+		}
+		s.mu.Unlock()
 		s.hot.put(d, b)
 		return b, true
 	}
@@ -59,6 +64,42 @@ func (s *Store) Get(ctx context.Context, d [32]byte) ([]byte, bool) {
 	}
 	s.mu.Unlock()
 	return nil, false
+}
+
+// ReadVerified copies the bytes of chunk d at off into p, from memory or
+// from a chunk file already verified by this process, without reading and
+// hashing the whole chunk. It returns false if it cannot (the caller then
+// goes through Get, which verifies).
+func (s *Store) ReadVerified(d [32]byte, p []byte, off int64) bool {
+	if b, ok := s.hot.get(d); ok {
+		if off < 0 || off+int64(len(p)) > int64(len(b)) {
+			return false
+		}
+		copy(p, b[off:])
+		return true
+	}
+	s.mu.Lock()
+	e, ok := s.entries[d]
+	if !ok || !e.verified {
+		s.mu.Unlock()
+		return false
+	}
+	e.pins++
+	s.lru.MoveToFront(e.elem)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		e.pins--
+		s.mu.Unlock()
+	}()
+	_, file := s.path(d)
+	f, err := os.Open(file)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	n, err := f.ReadAt(p, off)
+	return err == nil && n == len(p)
 }
 
 // Pin keeps chunk d from eviction until unpin is called; false if the
@@ -132,7 +173,7 @@ func (s *Store) put(ctx context.Context, d [32]byte, data []byte, hot bool) erro
 		return fmt.Errorf("chunk sha256:%x: %w", d, err)
 	}
 	s.dirs[dir] = true
-	e := &entry{digest: d, size: need}
+	e := &entry{digest: d, size: need, verified: true}
 	e.elem = s.lru.PushFront(e)
 	s.entries[d] = e
 	return nil
