@@ -64,6 +64,7 @@ type Store struct {
 	corrupt   int64
 	full      int64
 	dirs      map[string]bool // fan-out directories known to exist
+	fds       *fdCache        // open chunk files for partial reads
 }
 
 type entry struct {
@@ -139,6 +140,7 @@ func OpenStore(ctx context.Context, dir string, limit int64, opts ...StoreOption
 		hot:     newHotCache(cfg.hotBytes),
 		entries: map[[32]byte]*entry{}, lru: list.New(),
 		writing: map[[32]byte]struct{}{}, dirs: map[string]bool{},
+		fds: newFDCache(512),
 	}
 	if err := s.reindex(ctx); err != nil {
 		lock.Close()
@@ -250,5 +252,6 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.fds.closeAll()
 	return s.lock.Close()
 }

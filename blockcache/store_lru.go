@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // Has reports whether the store holds chunk d (on disk or in memory).
@@ -84,22 +85,24 @@ func (s *Store) ReadVerified(d [32]byte, p []byte, off int64) bool {
 		s.mu.Unlock()
 		return false
 	}
-	e.pins++
 	s.lru.MoveToFront(e.elem)
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		e.pins--
-		s.mu.Unlock()
-	}()
+	// An open descriptor keeps reading the right bytes even if the chunk is
+	// evicted meanwhile: the file is only unlinked.
 	_, file := s.path(d)
-	f, err := os.Open(file)
+	f, err := s.fds.acquire(d, file)
 	if err != nil {
 		return false
 	}
-	defer f.Close()
-	n, err := f.ReadAt(p, off)
-	return err == nil && n == len(p)
+	defer s.fds.release(f)
+	for len(p) > 0 {
+		n, err := unix.Pread(f.fd, p, off)
+		if err != nil || n == 0 {
+			return false
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return true
 }
 
 // Pin keeps chunk d from eviction until unpin is called; false if the
@@ -237,6 +240,7 @@ func (s *Store) removeLocked(e *entry) error {
 	if err := os.Remove(file); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	s.fds.drop(e.digest)
 	s.lru.Remove(e.elem)
 	delete(s.entries, e.digest)
 	s.used -= e.size

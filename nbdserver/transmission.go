@@ -17,8 +17,8 @@ import (
 )
 
 // transmission is the request loop of one connection. One goroutine (serve)
-// reads requests; each READ runs in a goroutine of its own and writes its
-// reply whole under writeMu, so replies go out in the order reads finish.
+// reads requests; each READ runs in a goroutine of its own and queues its
+// reply whole, so replies go out in the order reads finish.
 type transmission struct {
 	s    *Server
 	c    net.Conn
@@ -30,8 +30,10 @@ type transmission struct {
 	slots   chan struct{}  // one token per unanswered READ
 	pending sync.WaitGroup // unanswered READs
 
-	writeMu sync.Mutex
-	broken  bool // a reply failed to go out whole; under writeMu
+	queueMu sync.Mutex
+	queue   []*pendingReply // replies waiting for the writer; under queueMu
+	writing bool            // a caller is writing replies; under queueMu
+	broken  bool            // a reply failed to go out whole; only the writer touches it
 }
 
 func (s *Server) transmit(ctx context.Context, c net.Conn, r *bufio.Reader, exp *Export) error {
@@ -176,56 +178,89 @@ func (t *transmission) read(req protocol.TransmissionRequestHeader, charge int64
 	t.s.budget.Release(charge)
 }
 
-// reply writes one simple reply whole. A reply that fails to go out leaves
-// the stream unusable, so the connection is closed and later replies dropped.
-// The write timeout applies to each chunk of a reply, so it measures a
-// client that stopped reading, not a slow one.
+// reply writes one simple reply whole, and returns once it is written (the
+// caller then reuses data). Replies that become ready while another is being
+// written are sent together in one writev by whichever caller is writing
+// (group commit), which saves a system call per reply under load. A reply
+// that fails to go out leaves the stream unusable, so the connection is
+// closed and later replies dropped. The write timeout applies to each
+// chunk of at most replyChunk bytes, so it measures a client that stopped
+// reading, not a slow one.
 func (t *transmission) reply(cookie uint64, errno uint32, data []byte) {
-	var hb [simpleReplySize]byte
-	h := protocol.TransmissionReplyHeader{
-		ReplyMagic: protocol.TRANSMISSION_MAGIC_REPLY,
-		Error:      errno,
-		Handle:     cookie,
-	}
-	binary.BigEndian.PutUint32(hb[0:], h.ReplyMagic)
-	binary.BigEndian.PutUint32(hb[4:], h.Error)
-	binary.BigEndian.PutUint64(hb[8:], h.Handle)
+	p := &pendingReply{data: data, done: make(chan struct{})}
+	binary.BigEndian.PutUint32(p.head[0:], protocol.TRANSMISSION_MAGIC_REPLY)
+	binary.BigEndian.PutUint32(p.head[4:], errno)
+	binary.BigEndian.PutUint64(p.head[8:], cookie)
 
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	t.queueMu.Lock()
+	t.queue = append(t.queue, p)
+	if t.writing {
+		t.queueMu.Unlock()
+		<-p.done
+		return
+	}
+	t.writing = true
+	for len(t.queue) > 0 {
+		batch := t.queue
+		t.queue = nil
+		t.queueMu.Unlock()
+		t.writeBatch(batch)
+		for _, q := range batch {
+			close(q.done)
+		}
+		t.queueMu.Lock()
+	}
+	t.writing = false
+	t.queueMu.Unlock()
+}
+
+type pendingReply struct {
+	head [simpleReplySize]byte
+	data []byte
+	done chan struct{}
+}
+
+// writeBatch writes replies back to back, in writes of at most replyChunk
+// bytes each under a fresh write deadline.
+func (t *transmission) writeBatch(batch []*pendingReply) {
 	if t.broken {
 		return
 	}
-	head := hb[:] // sent with the first chunk, in one writev
-	for {
-		n := min(len(data), replyChunk)
-		bufs := make(net.Buffers, 0, 2)
-		if head != nil {
-			bufs = append(bufs, head)
+	bufs := make(net.Buffers, 0, 2*len(batch))
+	for _, p := range batch {
+		bufs = append(bufs, p.head[:])
+		if len(p.data) > 0 {
+			bufs = append(bufs, p.data)
 		}
-		if n > 0 {
-			bufs = append(bufs, data[:n])
+	}
+	for len(bufs) > 0 {
+		// Take up to replyChunk bytes, splitting a buffer if need be.
+		var seg net.Buffers
+		n := 0
+		for len(bufs) > 0 && n < replyChunk {
+			b := bufs[0]
+			if take := replyChunk - n; len(b) > take {
+				seg = append(seg, b[:take])
+				bufs[0] = b[take:]
+				n += take
+				break
+			}
+			seg = append(seg, b)
+			n += len(b)
+			bufs = bufs[1:]
 		}
-		head, data = nil, data[n:]
 		if d := t.s.opts.writeTimeout; d > 0 {
 			_ = t.c.SetWriteDeadline(time.Now().Add(d))
 		}
-		if _, err := bufs.WriteTo(t.c); err != nil {
+		if _, err := seg.WriteTo(t.c); err != nil {
 			t.broken = true
 			t.c.Close()
 			t.log.Debug().Err(err).Msg("nbd reply not sent: closing connection")
 			return
 		}
-		if len(data) == 0 {
-			return
-		}
 	}
 }
 
-// replyChunk is how much of a reply is written under one write deadline.
-const replyChunk = 1 << 20
-
-// drain waits until every READ in flight is answered, or ctx is done.
 func (t *transmission) drain(ctx context.Context) {
 	done := make(chan struct{})
 	go func() {
@@ -237,3 +272,6 @@ func (t *transmission) drain(ctx context.Context) {
 	case <-ctx.Done():
 	}
 }
+
+// replyChunk is how much of a reply is written under one write deadline.
+const replyChunk = 1 << 20
