@@ -25,6 +25,17 @@ type openFile struct {
 	elem    *list.Element
 }
 
+// fdCacheSize keeps up to half the descriptors the process may open (Go
+// raises the soft limit to the hard one at start), at most 65536: enough
+// for every chunk of a few GiB of images at the default chunk size.
+func fdCacheSize() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur < 2048 {
+		return 512
+	}
+	return int(min(rl.Cur/2, 65536))
+}
+
 func newFDCache(max int) *fdCache {
 	return &fdCache{m: map[[32]byte]*openFile{}, lru: list.New(), max: max}
 }

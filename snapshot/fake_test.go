@@ -1,0 +1,362 @@
+package snapshot
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// A test layer: path -> content; "dir/" is a directory, whiteout deletes
+// the path, opaque (on "dir/") hides what lower layers have in dir.
+type layerSpec map[string]string
+
+const (
+	whiteout = "\x00whiteout"
+	opaque   = "\x00opaque"
+)
+
+// testImage is an image as containerd sees it (layers, chain IDs) plus, for
+// a converted one, its flattened ext4 image.
+type testImage struct {
+	ref, manifest string
+	layers        []string // digests, bottom first
+	chain         []string // chain IDs
+	expected      map[string]string
+	ext4          string // "" when not converted
+}
+
+// layerBlob makes a gzipped tar of spec.
+func layerBlob(t *testing.T, spec layerSpec) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	names := make([]string, 0, len(spec))
+	for name := range spec {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		content := spec[name]
+		var hdr tar.Header
+		switch {
+		case content == whiteout:
+			dir, base := filepath.Split(name)
+			hdr = tar.Header{Name: dir + ".wh." + base, Typeflag: tar.TypeReg, Mode: 0o644}
+		case content == opaque:
+			hdr = tar.Header{Name: name + ".wh..wh..opq", Typeflag: tar.TypeReg, Mode: 0o644}
+		case strings.HasSuffix(name, "/"):
+			hdr = tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}
+		default:
+			hdr = tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))}
+		}
+		if err := tw.WriteHeader(&hdr); err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Size > 0 {
+			io.WriteString(tw, content)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// applyBlob applies a layer blob to dir the way containerd does.
+func applyBlob(ctx context.Context, dir string, blob []byte, opts ...archive.ApplyOpt) error {
+	gz, err := gzip.NewReader(bytes.NewReader(blob))
+	if err != nil {
+		return err
+	}
+	_, err = archive.Apply(ctx, dir, gz, opts...)
+	return err
+}
+
+// newTestImage builds an image from layer blobs; converted images get a
+// flattened ext4 image made from the applied layers.
+func newTestImage(t *testing.T, ref string, blobs [][]byte, converted bool) *testImage {
+	t.Helper()
+	img := &testImage{ref: ref}
+	var chain string
+	for _, b := range blobs {
+		d := digest.FromBytes(b).String()
+		img.layers = append(img.layers, d)
+		if chain == "" {
+			chain = d
+		} else {
+			chain = digest.FromString(chain + " " + d).String()
+		}
+		img.chain = append(img.chain, chain)
+	}
+	img.manifest = digest.FromString(ref + strings.Join(img.layers, ",")).String()
+	root := filepath.Join(tempDir(t), "rootfs")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range blobs {
+		if err := applyBlob(context.Background(), root, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img.expected = treeOf(t, root)
+	if converted {
+		img.ext4 = filepath.Join(filepath.Dir(root), "image.ext4")
+		if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-d", root, img.ext4, "16M").CombinedOutput(); err != nil {
+			t.Fatalf("mke2fs: %v: %s", err, out)
+		}
+	}
+	return img
+}
+
+// upTo is the image made of the first n layers (an intermediate snapshot).
+func (img *testImage) upTo(t *testing.T, blobs [][]byte, n int) map[string]string {
+	return newTestImage(t, img.ref+"-partial", blobs[:n], false).expected
+}
+
+// treeOf maps the files under dir (not ext4's lost+found) to their
+// content, directories to "/".
+func treeOf(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	tree := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		switch {
+		case rel == ".":
+		case rel == "lost+found":
+			return filepath.SkipDir
+		case d.IsDir():
+			tree[rel+"/"] = "/"
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			tree[rel] = string(b)
+		default:
+			tree[rel] = "type " + d.Type().String()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree
+}
+
+func diffTrees(got, want map[string]string) []string {
+	var diffs []string
+	for k, w := range want {
+		if g, ok := got[k]; !ok {
+			diffs = append(diffs, "missing "+k)
+		} else if g != w {
+			diffs = append(diffs, fmt.Sprintf("%s = %q, want %q", k, g, w))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			diffs = append(diffs, "unexpected "+k)
+		}
+	}
+	sort.Strings(diffs)
+	return diffs
+}
+
+// fakeSource serves converted test images with nbdkit, and every layer
+// blob for materialization.
+type fakeSource struct {
+	t       *testing.T
+	mu      sync.Mutex
+	images  map[string]*fakeImage // by manifest digest
+	blobs   map[string][]byte     // by layer digest
+	fetched []string
+	open    int
+}
+
+type fakeImage struct {
+	key string
+	k   *nbdkit
+	err error
+}
+
+func newFakeSource(t *testing.T) *fakeSource {
+	return &fakeSource{t: t, images: map[string]*fakeImage{}, blobs: map[string][]byte{}}
+}
+
+// add registers img's blobs and, if converted, serves its ext4 image.
+func (f *fakeSource) add(img *testImage, blobs [][]byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, b := range blobs {
+		f.blobs[img.layers[i]] = b
+	}
+	if img.ext4 != "" {
+		sum := sha256.Sum256([]byte(img.manifest))
+		f.images[img.manifest] = &fakeImage{key: "sha256:" + hex.EncodeToString(sum[:]), k: startNbdkit(f.t, img.ext4)}
+	}
+}
+
+func (f *fakeSource) Resolve(ctx context.Context, img ImageRef) (Stream, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	im, ok := f.images[img.ManifestDigest]
+	if !ok {
+		return nil, NotStreamable("no artifact", nil)
+	}
+	if im.err != nil {
+		return nil, im.err
+	}
+	f.open++
+	return &fakeStream{f: f, key: im.key, exp: im.k.export}, nil
+}
+
+func (f *fakeSource) FetchLayer(ctx context.Context, img ImageRef, layer string) (io.ReadCloser, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.blobs[layer]
+	if !ok {
+		return nil, fmt.Errorf("layer %s: %w", layer, errdefs.ErrNotFound)
+	}
+	f.fetched = append(f.fetched, layer)
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+func (f *fakeSource) openStreams() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.open
+}
+
+func (f *fakeSource) fetches() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.fetched...)
+}
+
+type fakeStream struct {
+	f      *fakeSource
+	key    string
+	exp    Export
+	closed bool
+}
+
+func (s *fakeStream) Key() string    { return s.key }
+func (s *fakeStream) Export() Export { return s.exp }
+func (s *fakeStream) String() string { return s.key }
+func (s *fakeStream) Close() error {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		s.f.open--
+	}
+	return nil
+}
+
+// unpack does what containerd's unpacker does with an image's layers:
+// skip layers whose chain ID exists, Prepare with the CRI labels, and on
+// ErrAlreadyExists go on; else apply the layer and commit it.
+func unpack(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, img *testImage, blobs [][]byte) error {
+	t.Helper()
+	parent := ""
+	for i, chain := range img.chain {
+		if _, err := sn.Stat(ctx, chain); err == nil {
+			parent = chain
+			continue
+		}
+		key := fmt.Sprintf("extract-%d-%s", i, chain)
+		labels := map[string]string{
+			labelTargetRef:      chain,
+			labelImageRef:       img.ref,
+			labelManifestDigest: img.manifest,
+			labelLayerDigest:    img.layers[i],
+			labelImageLayers:    strings.Join(img.layers[i:], ","),
+		}
+		mounts, err := sn.Prepare(ctx, key, parent, snapshots.WithLabels(labels))
+		if errdefs.IsAlreadyExists(err) {
+			parent = chain
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		if err := mount.WithTempMount(ctx, mounts, func(root string) error {
+			return applyBlob(ctx, root, blobs[i])
+		}); err != nil {
+			return fmt.Errorf("apply layer %d: %w", i, err)
+		}
+		if err := sn.Commit(ctx, chain, key, snapshots.WithLabels(map[string]string{labelTargetRef: chain})); err != nil {
+			return fmt.Errorf("commit layer %d: %w", i, err)
+		}
+		parent = chain
+	}
+	return nil
+}
+
+// rootfsOf mounts a snapshot's mounts and returns its tree; write, if not
+// nil, runs while it is mounted.
+func rootfsOf(t *testing.T, ctx context.Context, mounts []mount.Mount, write func(root string)) map[string]string {
+	t.Helper()
+	target := filepath.Join(tempDir(t), "rootfs")
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := mount.All(mounts, target); err != nil {
+		t.Fatalf("mount %+v: %v", mounts, err)
+	}
+	defer func() {
+		if err := mount.UnmountAll(target, 0); err != nil {
+			t.Errorf("unmount %s: %v", target, err)
+		}
+	}()
+	tree := treeOf(t, target)
+	if write != nil {
+		write(target)
+	}
+	return tree
+}
+
+// snapshotRoot is a snapshotter root that is cleaned up even when a test
+// fails half-way: lazy unmounts, loop devices detached.
+func snapshotRoot(t *testing.T) string {
+	root := tempDir(t)
+	t.Cleanup(func() {
+		points, _ := mountsUnder(root)
+		for i := len(points) - 1; i >= 0; i-- {
+			unix.Unmount(points[i], unix.MNT_DETACH)
+		}
+		out, _ := exec.Command("losetup", "-a").Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			if dev, _, ok := strings.Cut(line, ":"); ok && strings.Contains(line, root) {
+				exec.Command("losetup", "-d", dev).Run()
+			}
+		}
+	})
+	return root
+}
