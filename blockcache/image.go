@@ -175,11 +175,38 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	return len(want), nil
 }
 
+// ReadAtCached fills p from off only if every byte is in memory or in a
+// verified chunk file, never waiting on the network (nbdserver's
+// CachedReader); it reports whether it did.
+func (im *Image) ReadAtCached(p []byte, off int64) bool {
+	if im.closed.Load() || off < 0 || len(p) == 0 || off+int64(len(p)) > im.ix.ImageSize {
+		return false
+	}
+	cs := im.ix.ChunkSize
+	first, last := int(off/cs), int((off+int64(len(p))-1)/cs)
+	if !im.copyCached(p, off, first, last) {
+		return false
+	}
+	im.record(first, last)
+	im.stats.reads.Add(1)
+	for i := first; i <= last; i++ {
+		if !im.ix.Chunks[i].Zero() {
+			im.stats.hits.Add(1)
+		}
+	}
+	return true
+}
+
 // readCached serves a read entirely from memory and verified chunk files,
 // copying only the bytes asked for; false if any chunk needs the slow path.
 func (im *Image) readCached(want []byte, off int64, idxs []int) bool {
+	return im.copyCached(want, off, idxs[0], idxs[len(idxs)-1])
+}
+
+// copyCached copies chunks first..last's part of [off, off+len(want)).
+func (im *Image) copyCached(want []byte, off int64, first, last int) bool {
 	cs, end := im.ix.ChunkSize, off+int64(len(want))
-	for _, i := range idxs {
+	for i := first; i <= last; i++ {
 		cstart := int64(i) * cs
 		lo, hi := max(off, cstart), min(end, cstart+im.ix.ChunkLen(i))
 		dst := want[lo-off : hi-off]

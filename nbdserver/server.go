@@ -24,6 +24,16 @@ type Backend interface {
 	Size() int64
 }
 
+// CachedReader is an optional Backend capability. ReadAtCached fills p from
+// offset off only if it can without waiting (from memory or local files)
+// and reports whether it did; it never blocks on the network. The server
+// answers such reads on the connection's own goroutine and sends the
+// replies in batches, as a single-threaded server would, saving the
+// hand-offs to and from a goroutine per request; the others go to ReadAt.
+type CachedReader interface {
+	ReadAtCached(p []byte, off int64) bool
+}
+
 // Export is a named, read-only Backend.
 type Export struct {
 	// Name is what clients ask for (at most 4096 bytes); the first export

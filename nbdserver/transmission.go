@@ -32,8 +32,10 @@ type transmission struct {
 
 	queueMu sync.Mutex
 	queue   []*pendingReply // replies waiting for the writer; under queueMu
-	writing bool            // a caller is writing replies; under queueMu
-	broken  bool            // a reply failed to go out whole; only the writer touches it
+	// inlineBytes counts queued inline replies' bytes; under queueMu.
+	inlineBytes int
+	writing     bool // a caller is writing replies; under queueMu
+	broken      bool // a reply failed to go out whole; only the writer touches it
 }
 
 func (s *Server) transmit(ctx context.Context, c net.Conn, r *bufio.Reader, exp *Export) error {
@@ -63,6 +65,7 @@ func (t *transmission) serve(ctx context.Context) error {
 			if err == io.EOF {
 				// A hard disconnect between requests; answer what is in
 				// flight in case the client still reads.
+				t.flush()
 				t.drain(ctx)
 				return nil
 			}
@@ -87,6 +90,9 @@ func (t *transmission) serve(ctx context.Context) error {
 				t.reply(req.Handle, protocol.TRANSMISSION_ERROR_EINVAL, nil)
 				continue
 			}
+			if t.readInline(req) {
+				continue
+			}
 			if err := t.startRead(ctx, req); err != nil {
 				return err
 			}
@@ -103,12 +109,58 @@ func (t *transmission) serve(ctx context.Context) error {
 			// Nothing is ever written, so there is nothing to flush.
 			t.reply(req.Handle, 0, nil)
 		case protocol.TRANSMISSION_TYPE_REQUEST_DISC:
+			t.flush()
 			t.drain(ctx)
 			return nil
 		default:
 			t.reply(req.Handle, protocol.TRANSMISSION_ERROR_EINVAL, nil)
 		}
 	}
+}
+
+// Inline reads: at most this long each, and at most inlineQueued bytes of
+// their replies wait for a batch.
+const (
+	inlineMax    = 1 << 20
+	inlineQueued = 4 << 20
+)
+
+// readInline answers a READ on this goroutine if the backend can serve it
+// at once. Its reply is queued; the queue is written when no further
+// request is already buffered (the next read would block) or it is full.
+func (t *transmission) readInline(req protocol.TransmissionRequestHeader) bool {
+	cr, ok := t.exp.Backend.(CachedReader)
+	if !ok || req.Length > inlineMax {
+		return false
+	}
+	buf := t.s.buffers.get(int(req.Length))
+	if !cr.ReadAtCached(buf, int64(req.Offset)) {
+		t.s.buffers.put(buf)
+		return false
+	}
+	p := &pendingReply{data: buf, release: func() { t.s.buffers.put(buf) }}
+	p.setHead(req.Handle, 0)
+	t.queueMu.Lock()
+	t.queue = append(t.queue, p)
+	t.inlineBytes += len(buf)
+	full := t.inlineBytes >= inlineQueued
+	t.queueMu.Unlock()
+	if full || t.r.Buffered() < requestHeaderSize {
+		t.flush()
+	}
+	return true
+}
+
+// flush writes the queued replies unless a writer is already at it (it
+// drains the queue before it stops).
+func (t *transmission) flush() {
+	t.queueMu.Lock()
+	if t.writing || len(t.queue) == 0 {
+		t.queueMu.Unlock()
+		return
+	}
+	t.writing = true
+	t.writeQueue()
 }
 
 // valid tells whether a READ is within the export and the payload limit.
@@ -188,10 +240,7 @@ func (t *transmission) read(req protocol.TransmissionRequestHeader, charge int64
 // reading, not a slow one.
 func (t *transmission) reply(cookie uint64, errno uint32, data []byte) {
 	p := &pendingReply{data: data, done: make(chan struct{})}
-	binary.BigEndian.PutUint32(p.head[0:], protocol.TRANSMISSION_MAGIC_REPLY)
-	binary.BigEndian.PutUint32(p.head[4:], errno)
-	binary.BigEndian.PutUint64(p.head[8:], cookie)
-
+	p.setHead(cookie, errno)
 	t.queueMu.Lock()
 	t.queue = append(t.queue, p)
 	if t.writing {
@@ -200,13 +249,25 @@ func (t *transmission) reply(cookie uint64, errno uint32, data []byte) {
 		return
 	}
 	t.writing = true
+	t.writeQueue()
+}
+
+// writeQueue writes batches until the queue is empty; it is called with
+// queueMu held and writing set, and returns with queueMu released.
+func (t *transmission) writeQueue() {
 	for len(t.queue) > 0 {
 		batch := t.queue
 		t.queue = nil
+		t.inlineBytes = 0
 		t.queueMu.Unlock()
 		t.writeBatch(batch)
 		for _, q := range batch {
-			close(q.done)
+			if q.done != nil {
+				close(q.done)
+			}
+			if q.release != nil {
+				q.release()
+			}
 		}
 		t.queueMu.Lock()
 	}
@@ -214,10 +275,19 @@ func (t *transmission) reply(cookie uint64, errno uint32, data []byte) {
 	t.queueMu.Unlock()
 }
 
+// pendingReply is a reply waiting to be written. Its writer signals done
+// (a goroutine's reply) or calls release (an inline reply) once written.
 type pendingReply struct {
-	head [simpleReplySize]byte
-	data []byte
-	done chan struct{}
+	head    [simpleReplySize]byte
+	data    []byte
+	done    chan struct{}
+	release func()
+}
+
+func (p *pendingReply) setHead(cookie uint64, errno uint32) {
+	binary.BigEndian.PutUint32(p.head[0:], protocol.TRANSMISSION_MAGIC_REPLY)
+	binary.BigEndian.PutUint32(p.head[4:], errno)
+	binary.BigEndian.PutUint64(p.head[8:], cookie)
 }
 
 // writeBatch writes replies back to back, in writes of at most replyChunk

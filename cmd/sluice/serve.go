@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 )
 
 type serveFlags struct {
-	socket, tcp, cacheDir, cacheSize, rate, platform string
+	socket, tcp, cacheDir, cacheSize, rate, platform, memCache string
 	allowRemote                                      bool
 	readTimeout                                      time.Duration
 	concurrency                                      int
@@ -56,6 +57,7 @@ addresses unless --allow-remote is given. Stop with Ctrl-C or SIGTERM.`,
 	fl.BoolVar(&f.allowRemote, "allow-remote", false, "let --tcp listen on a non-loopback address (NBD has no authentication: anyone who can connect can read the images)")
 	fl.StringVar(&f.cacheDir, "cache-dir", "/var/cache/sluice/chunks", "directory of the on-disk chunk cache, shared by all images")
 	fl.StringVar(&f.cacheSize, "cache-size", "10GiB", "bound of the chunk cache; least recently used chunks are evicted")
+	fl.StringVar(&f.memCache, "memory-cache", "16MiB", "chunks also kept in memory, on top of the on-disk cache (warm reads are served from the chunk files either way)")
 	fl.StringVar(&f.rate, "background-rate", "50MiB", "bytes per second fetched in the background once the prefetch profile is done (0: no background fetch)")
 	fl.StringVar(&f.platform, "platform", "", "platform of multi-platform IMAGEs (default: this machine's, linux/ARCH)")
 	fl.DurationVar(&f.readTimeout, "read-timeout", 30*time.Second, "a read that cannot be served in this time fails with EIO (the connection stays up)")
@@ -75,6 +77,15 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	if err != nil {
 		return fmt.Errorf("--background-rate: %w", err)
 	}
+	memCache, err := cliutil.ParseSize(f.memCache)
+	if err != nil {
+		return fmt.Errorf("--memory-cache: %w", err)
+	}
+	// Keep the heap near what it needs, not twice that: unless the user
+	// set GOMEMLIMIT, ask the collector to work harder past a soft limit.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(64<<20 + memCache)
+	}
 	if f.tcp != "" {
 		if err := checkLoopback(f.tcp, f.allowRemote); err != nil {
 			return fmt.Errorf("--tcp: %w", err)
@@ -84,7 +95,7 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	if err != nil {
 		return err
 	}
-	store, err := blockcache.OpenStore(ctx, f.cacheDir, cacheSize)
+	store, err := blockcache.OpenStore(ctx, f.cacheDir, cacheSize, blockcache.WithHotBytes(memCache))
 	if err != nil {
 		return err
 	}
@@ -119,7 +130,7 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 		log.Info().Str("export", image).Str("artifact", art.Descriptor.Digest.String()).
 			Int64("size", art.Index.ImageSize).Int("chunks", len(art.Index.Chunks)).Msg("serving")
 	}
-	srv, err := nbdserver.New(exports, nbdserver.WithLogger(log))
+	srv, err := nbdserver.New(exports, nbdserver.WithLogger(log), nbdserver.WithBufferBudget(32<<20))
 	if err != nil {
 		return err
 	}
