@@ -21,9 +21,9 @@ import (
 
 type serveFlags struct {
 	socket, tcp, cacheDir, cacheSize, rate, platform, memCache string
-	allowRemote                                      bool
-	readTimeout                                      time.Duration
-	concurrency                                      int
+	allowRemote                                                bool
+	readTimeout                                                time.Duration
+	concurrency                                                int
 }
 
 func newServe(g *globals) *cobra.Command {
