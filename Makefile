@@ -54,8 +54,9 @@ demo: deps build ## run the end-to-end demo (local registry, convert, inspect)
 	scripts/demo.sh
 
 .PHONY: bench
-bench: deps build ## run the convert benchmark (bench/convert/run.sh)
+bench: deps build ## run the benchmarks: bench/convert/run.sh, then bench/fio/run.sh (~20 min)
 	bench/convert/run.sh
+	bench/fio/run.sh
 
 .PHONY: lint
 lint: ## gofmt -l must print nothing; go vet

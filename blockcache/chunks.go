@@ -195,6 +195,15 @@ func (l *loader) group(owned []*call, fg bool) []*fetchGroup {
 func (l *loader) run(g *fetchGroup) {
 	defer l.wg.Done()
 	ctx := l.base
+	// Hold the store-wide fetch memory until the raw bytes are decoded.
+	weight := min(g.end-g.off, fetchMemory)
+	if err := l.store.fetchMem.Acquire(ctx, weight); err != nil {
+		for _, c := range g.calls {
+			l.finish(ctx, c, nil, err)
+		}
+		return
+	}
+	defer l.store.fetchMem.Release(weight)
 	raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
 	for _, c := range g.calls {
 		if groupErr != nil {

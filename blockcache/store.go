@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,6 +66,9 @@ type Store struct {
 	full      int64
 	dirs      map[string]bool // fan-out directories known to exist
 	fds       *fdCache        // open chunk files for partial reads
+	// fetchMem bounds the bytes of range fetches in flight across every
+	// image using this store, so memory does not grow with the image count.
+	fetchMem *semaphore.Weighted
 }
 
 type entry struct {
@@ -106,6 +110,9 @@ func WithFsync(on bool) StoreOption { return func(c *storeConfig) { c.fsync = on
 // WithHotBytes bounds the in-memory layer (default 64 MiB; 0 disables it).
 func WithHotBytes(n int64) StoreOption { return func(c *storeConfig) { c.hotBytes = n } }
 
+// fetchMemory is the bound of range-fetch bytes in flight per store.
+const fetchMemory = 16 << 20
+
 const (
 	blockSize = 4096
 	tmpPrefix = ".tmp-"
@@ -140,7 +147,8 @@ func OpenStore(ctx context.Context, dir string, limit int64, opts ...StoreOption
 		hot:     newHotCache(cfg.hotBytes),
 		entries: map[[32]byte]*entry{}, lru: list.New(),
 		writing: map[[32]byte]struct{}{}, dirs: map[string]bool{},
-		fds: newFDCache(512),
+		fds:      newFDCache(fdCacheSize()),
+		fetchMem: semaphore.NewWeighted(fetchMemory),
 	}
 	if err := s.reindex(ctx); err != nil {
 		lock.Close()

@@ -133,12 +133,22 @@ func (t *transmission) readInline(req protocol.TransmissionRequestHeader) bool {
 	if !ok || req.Length > inlineMax {
 		return false
 	}
+	// Inline buffers count against the server's budget too; without room,
+	// the read takes the ordinary path, which waits for it.
+	charge := classSize(int(req.Length))
+	if !t.s.budget.TryAcquire(charge) {
+		return false
+	}
 	buf := t.s.buffers.get(int(req.Length))
 	if !cr.ReadAtCached(buf, int64(req.Offset)) {
 		t.s.buffers.put(buf)
+		t.s.budget.Release(charge)
 		return false
 	}
-	p := &pendingReply{data: buf, release: func() { t.s.buffers.put(buf) }}
+	p := &pendingReply{data: buf, release: func() {
+		t.s.buffers.put(buf)
+		t.s.budget.Release(charge)
+	}}
 	p.setHead(req.Handle, 0)
 	t.queueMu.Lock()
 	t.queue = append(t.queue, p)

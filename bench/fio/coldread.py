@@ -1,0 +1,102 @@
+"""coldread.py: the timed reads of bench/fio/run.sh's cold-cache phase.
+
+  coldread.py offsets BLOCKS FRACTION SEED
+      print round(BLOCKS*FRACTION) distinct 4 KiB block offsets (bytes),
+      chosen at random with SEED, one per line, in the order to read them
+  coldread.py nbd URI
+      read 4 KiB at each offset on stdin, one at a time (queue depth 1),
+      and print "OFFSET MICROSECONDS" per read
+  coldread.py pair URI BLOB_URL
+      for each "OFFSET BLOB_OFFSET BLOB_LENGTH" on stdin (a block of a cold
+      chunk and where that chunk is stored in the data blob): GET the
+      chunk's bytes from BLOB_URL with a Range request over a kept-alive
+      connection, and read the 4 KiB block from the NBD export, alternating
+      which goes first; print "OFFSET BLOB_LENGTH NBD_US HTTP_US". The HTTP
+      time is what the network and the registry cost without sluice, taken
+      at the same moment, so the difference is sluice's own share.
+
+Needs Debian's python3-libnbd for the nbd mode (run it with the python3
+that has the nbd module: /usr/bin/python3).
+"""
+import http.client
+import random
+import sys
+import time
+import urllib.parse
+
+BLOCK = 4096
+
+
+def offsets(blocks, fraction, seed):
+    n = max(1, round(blocks * fraction))
+    for b in random.Random(seed).sample(range(blocks), n):
+        print(b * BLOCK)
+
+
+def read_nbd(uri):
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        off = int(line.split()[0])
+        t0 = time.perf_counter_ns()
+        h.pread(BLOCK, off)
+        t1 = time.perf_counter_ns()
+        print(off, (t1 - t0) // 1000, flush=True)
+    h.shutdown()
+
+
+def read_pairs(uri, url):
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=60)
+    # Connection set-up is not part of a fetch: sluice keeps connections.
+    conn.request("GET", "/v2/")
+    conn.getresponse().read()
+
+    def fetch(off, n):
+        t0 = time.perf_counter_ns()
+        conn.request("GET", u.path, headers={"Range": f"bytes={off}-{off + n - 1}"})
+        resp = conn.getresponse()
+        body = resp.read()
+        t1 = time.perf_counter_ns()
+        if resp.status != 206 or len(body) != n:
+            sys.exit(f"GET {url} bytes {off}-{off + n - 1}: {resp.status}, {len(body)} bytes")
+        return (t1 - t0) // 1000
+
+    def read(off):
+        t0 = time.perf_counter_ns()
+        h.pread(BLOCK, off)
+        return (time.perf_counter_ns() - t0) // 1000
+
+    for k, line in enumerate(sys.stdin):
+        if not line.strip():
+            continue
+        off, boff, blen = (int(x) for x in line.split()[:3])
+        if k % 2:
+            nbd_us, http_us = read(off), fetch(boff, blen)
+        else:
+            http_us, nbd_us = fetch(boff, blen), read(off)
+        print(off, blen, nbd_us, http_us, flush=True)
+    h.shutdown()
+
+
+def main(argv):
+    if len(argv) == 5 and argv[1] == "offsets":
+        offsets(int(argv[2]), float(argv[3]), int(argv[4]))
+    elif len(argv) == 3 and argv[1] == "nbd":
+        read_nbd(argv[2])
+    elif len(argv) == 4 and argv[1] == "pair":
+        read_pairs(argv[2], argv[3])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

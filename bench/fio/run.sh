@@ -1,0 +1,753 @@
+#!/usr/bin/env bash
+# bench/fio/run.sh: how fast does `sluice serve` answer NBD reads once its
+# cache is warm, compared with standard NBD servers on the same ext4 image;
+# what does a cold read cost through a slow registry; and how much memory
+# does serving many images take? One run measures all of it.
+#
+# Input: the bench/convert base image (debootstrap minbase + python3 etc.,
+# ~340 MiB of files; built and cached by `bench/convert/run.sh --prepare`),
+# pushed to a fresh local docker-registry once per chunk size tested
+# (bench/fio-64kib, ...: one repository each, since an image's artifacts
+# share its referrers) and converted with `sluice convert --chunk-size`.
+# `sluice export` writes the reference ext4 file that every peer serves.
+#
+# Phases (PHASES="warm cold rss"):
+#   warm  one `sluice serve --background-rate 1GiB` per chunk size, its cache
+#         made complete by an nbdcopy of the whole export (whose sha256 must
+#         match the exported file), and nbdkit (file plugin), nbd-server and
+#         qemu-nbd serving the exported file (page cache warm). fio
+#         ioengine=nbd jobs, RUNTIME s each: randread 4k qd1, randread 4k qd32,
+#         read 1M qd8. REPEAT rounds, servers rotated within each job, medians.
+#         Target: sluice (default chunk size) >= 1.0x the best peer, each job.
+#   cold  throttleproxy (RTT, BANDWIDTH) in front of the registry; sluice
+#         serves IMAGE named through the proxy's host, so the artifact lookup
+#         and every range fetch cross it; --background-rate 0; fresh cache
+#         dir and process per measurement. Per chunk size:
+#         - amplification: read a random SAMPLE_FRACTION of the 4 KiB blocks
+#           (seed SEED, queue depth 1); blob bytes the proxy served against
+#           the floor: the stored (compressed) bytes of the distinct non-zero
+#           chunks those blocks fall in. Target: <= 1.5x.
+#         - first-byte latency: FIRST_BYTE_READS single 4 KiB reads of
+#           far-apart cold chunks per process, REPEAT processes, each paired
+#           with a plain HTTP GET of the same chunk through the proxy.
+#           Target: median <= RTT + chunk transfer time + 1 ms. The first
+#           read of each process (client set-up) is reported apart.
+#   rss   RSS_IMAGES distinct images of RSS_IMAGE_MIB each (one file of
+#         compressible pseudo-random data), all served by ONE sluice serve
+#         (default background rate) and read through in parallel with
+#         nbdcopy. Target: peak RSS (VmHWM) <= 128 MiB.
+#
+# Results: printed and written to bench/fio/results/latest.txt; the raw data
+# (fio JSON, per-read latencies, proxy counters, logs) to
+# bench/fio/results/latest-data/.
+#
+# Usage: bench/fio/run.sh
+#
+# Environment:
+#   PHASES="warm cold rss"   which phases to run
+#   CHUNK_SIZES="64KiB 256KiB 1MiB"  chunk sizes tested (the default is added)
+#   RUNTIME=10  REPEAT=3     fio seconds per job; rounds (warm and cold)
+#   RTT=5ms  BANDWIDTH=100MB the throttling proxy (MB: 10^6 bytes)
+#   SAMPLE_FRACTION=0.01  SEED=1  FIRST_BYTE_READS=9
+#   RSS_IMAGES=10  RSS_IMAGE_MIB=1024
+#   PROFILE=0                1: CPU-profile the warm sluice servers
+#   SLUICE=bin/sluice        the binary under test
+#   SLUICE_BENCH_CACHE=/var/cache/sluice-bench   (bench/convert's input cache)
+#   KEEP_WORK=0              1: keep the work directory
+#   BENCH_STRICT=0           1: exit 1 when a target is missed
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$here/../.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$repo_root/scripts/lib.sh"
+
+PHASES="${PHASES:-warm cold rss}"
+CHUNK_SIZES="${CHUNK_SIZES:-64KiB 256KiB 1MiB}"
+RUNTIME="${RUNTIME:-10}"
+REPEAT="${REPEAT:-3}"
+RTT="${RTT:-5ms}"
+BANDWIDTH="${BANDWIDTH:-100MB}"
+SAMPLE_FRACTION="${SAMPLE_FRACTION:-0.01}"
+SEED="${SEED:-1}"
+FIRST_BYTE_READS="${FIRST_BYTE_READS:-9}"
+RSS_IMAGES="${RSS_IMAGES:-10}"
+RSS_IMAGE_MIB="${RSS_IMAGE_MIB:-1024}"
+PROFILE="${PROFILE:-0}"
+SLUICE="${SLUICE:-$repo_root/bin/sluice}"
+KEEP_WORK="${KEEP_WORK:-0}"
+BENCH_STRICT="${BENCH_STRICT:-0}"
+
+TARGET_WARM_RATIO=1.0
+TARGET_AMPLIFICATION=1.5
+TARGET_FIRST_BYTE_SLACK_MS=1
+TARGET_RSS_MIB=128
+
+results_dir="$here/results"
+results="$results_dir/latest.txt"
+data="$results_dir/latest-data"
+
+[[ $# == 0 ]] || die "usage: $0 (configured by environment variables; see the header)"
+[[ -x "$SLUICE" ]] || die "$SLUICE not found: run 'make build' (or 'make bench')"
+[[ "$(id -u)" == 0 ]] || die "run as root (the input image is built with debootstrap)"
+for cmd in go fio nbdinfo nbdcopy nbdkit nbd-server qemu-nbd docker-registry skopeo umoci jq curl awk ss; do
+	command -v "$cmd" >/dev/null || die "$cmd not found: run scripts/install-deps.sh"
+done
+for v in RUNTIME REPEAT FIRST_BYTE_READS RSS_IMAGES RSS_IMAGE_MIB SEED; do
+	[[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
+done
+for p in $PHASES; do
+	[[ "$p" =~ ^(warm|cold|rss)$ ]] || die "PHASES: unknown phase $p (warm, cold, rss)"
+done
+has_phase() { [[ " $PHASES " == *" $1 "* ]]; }
+
+# The python3 with Debian's libnbd bindings (a pyenv python3 first in PATH
+# does not have them).
+PY=""
+for py in /usr/bin/python3 python3; do
+	if "$py" -c 'import nbd' 2>/dev/null; then
+		PY="$py"
+		break
+	fi
+done
+[[ -n "$PY" ]] || die "no python3 with the nbd module: install python3-libnbd (scripts/install-deps.sh)"
+
+# size_bytes 256KiB -> 262144
+size_bytes() {
+	local s="$1" n u
+	[[ "$s" =~ ^([0-9]+)(KiB|MiB|GiB|k|m|g|)$ ]] || die "size $s: want e.g. 64KiB or 1MiB"
+	n="${BASH_REMATCH[1]}" u="${BASH_REMATCH[2]}"
+	case "$u" in
+	KiB | k) echo $((n << 10)) ;;
+	MiB | m) echo $((n << 20)) ;;
+	GiB | g) echo $((n << 30)) ;;
+	*) echo "$n" ;;
+	esac
+}
+tag_of() { echo "${1,,}"; } # 64KiB -> 64kib
+
+default_chunk="$("$SLUICE" convert --help | grep -- '--chunk-size' | grep -o 'default "[^"]*"' | cut -d'"' -f2)"
+[[ -n "$default_chunk" ]] || die "cannot read the default --chunk-size from '$SLUICE convert --help'"
+sizes=()
+for cs in $CHUNK_SIZES; do
+	size_bytes "$cs" >/dev/null
+	sizes+=("$cs")
+done
+if [[ " ${sizes[*]} " != *" $default_chunk "* ]]; then
+	sizes+=("$default_chunk")
+fi
+rtt_us="$(awk -v s="$RTT" 'BEGIN {
+	if (s ~ /ms$/) v = substr(s, 1, length(s) - 2) * 1000
+	else if (s ~ /us$|µs$/) v = substr(s, 1, length(s) - 2) + 0
+	else if (s ~ /s$/) v = substr(s, 1, length(s) - 1) * 1e6
+	else v = -1
+	print v }')"
+[[ "$rtt_us" != -1 ]] || die "RTT=$RTT: want e.g. 5ms"
+bw_bytes="$(awk -v s="$BANDWIDTH" 'BEGIN {
+	u = tolower(s); m = 1
+	if (u ~ /mib$/) m = 1048576; else if (u ~ /mb$/) m = 1e6
+	else if (u ~ /gib$/) m = 1073741824; else if (u ~ /gb$/) m = 1e9
+	sub(/[a-z]+$/, "", u); printf "%.0f", u * m }')"
+[[ "$bw_bytes" -gt 0 ]] || die "BANDWIDTH=$BANDWIDTH: want e.g. 100MB"
+
+# --- processes ----------------------------------------------------------------
+work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-fio.XXXXXX")"
+logs="$work/logs"
+mkdir -p "$logs"
+started=() # PIDs of every process this script started
+
+# bg NAME CMD...: start CMD in the background, output in $logs/NAME.log;
+# sets BG_PID.
+bg() {
+	local name="$1"
+	shift
+	"$@" </dev/null >"$logs/$name.log" 2>&1 &
+	BG_PID=$!
+	started+=("$BG_PID")
+}
+
+# stop PID: SIGTERM, then SIGKILL after 10 s; only PIDs this script started.
+stop() {
+	local pid="$1" i
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local rc=$? i
+	for ((i = ${#started[@]} - 1; i >= 0; i--)); do
+		stop "${started[i]}"
+	done
+	registry_stop
+	if [[ "$KEEP_WORK" == 1 ]]; then
+		echo "work directory kept: $work" >&2
+	else
+		rm -rf "$work"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_nbd URI PID NAME: wait until URI answers a handshake.
+wait_nbd() {
+	local uri="$1" pid="$2" name="$3" i
+	for ((i = 0; i < 1200; i++)); do
+		if nbdinfo --size "$uri" >/dev/null 2>&1; then
+			return 0
+		fi
+		if ! kill -0 "$pid" 2>/dev/null; then
+			tail -n 20 "$logs/$name.log" >&2
+			die "$name exited before serving (log above)"
+		fi
+		sleep 0.1
+	done
+	die "$name did not serve $uri within 120 s"
+}
+
+# median: of the numbers on stdin (one per line)
+median() {
+	sort -g | awk '{v[NR] = $1} END {
+		if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# sluice_serve NAME SOCKET CACHE RATE IMAGE...: a fresh cache dir; more flags
+# in the array serve_flags, environment (NAME=VALUE) in serve_env.
+serve_flags=()
+serve_env=()
+sluice_serve() {
+	local name="$1" sock="$2" cache="$3" rate="$4"
+	shift 4
+	rm -rf "$cache"
+	bg "$name" env "${serve_env[@]}" "$SLUICE" serve --plain-http "${serve_flags[@]}" --socket "$sock" --cache-dir "$cache" \
+		--cache-size 64GiB --background-rate "$rate" "$@"
+}
+
+# vm_kib PID FIELD: VmHWM or VmRSS of PID, in KiB
+vm_kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+
+rm -rf "$data"
+mkdir -p "$data"
+t_start=$SECONDS
+
+# Run a private copy: a rebuild of bin/sluice during the run (make build in a
+# shared tree) must not change the binary between phases.
+sluice_src="$SLUICE"
+sluice_built="$(date -u -r "$SLUICE" +%Y-%m-%dT%H:%M:%SZ)"
+cp "$SLUICE" "$work/sluice"
+SLUICE="$work/sluice"
+
+# --- inputs --------------------------------------------------------------------
+log "preparing the input image (bench/convert/run.sh --prepare; cached)"
+prep_out="$("$repo_root/bench/convert/run.sh" --prepare)" || die "bench/convert/run.sh --prepare failed"
+layout="$(sed -n 's/^==> inputs ready in //p' <<<"$prep_out" | tail -n1)"
+[[ -f "$layout/index.json" ]] || die "no OCI layout from bench/convert/run.sh --prepare: $prep_out"
+
+registry_start "$work/registry"
+log "registry on $REGISTRY_ADDR (pid $REGISTRY_PID)"
+
+declare -A ref chunk_bytes artifact data_digest data_size
+for cs in "${sizes[@]}"; do
+	tag="$(tag_of "$cs")"
+	chunk_bytes[$tag]="$(size_bytes "$cs")"
+	ref[$tag]="bench/fio-$tag:latest" # registry host prepended where used
+	skopeo copy -q --dest-tls-verify=false "oci:$layout:base" "docker://$REGISTRY_ADDR/${ref[$tag]}"
+	log "sluice convert --chunk-size $cs"
+	"$SLUICE" convert --plain-http --chunk-size "$cs" "$REGISTRY_ADDR/${ref[$tag]}" >"$data/convert-$tag.txt" 2>"$logs/convert-$tag.log" ||
+		{ cat "$logs/convert-$tag.log" >&2; die "sluice convert --chunk-size $cs failed"; }
+	artifact[$tag]="$(grep -Eo '@sha256:[0-9a-f]{64}' "$data/convert-$tag.txt" | head -n1 | cut -c2-)"
+	[[ -n "${artifact[$tag]}" ]] || die "no artifact digest in the convert output ($data/convert-$tag.txt)"
+	# The data blob, from the artifact manifest.
+	curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+		"http://$REGISTRY_ADDR/v2/bench/fio-$tag/manifests/${artifact[$tag]}" >"$work/manifest-$tag.json"
+	data_digest[$tag]="$(jq -r '.layers[] | select(.mediaType == "application/vnd.sluice.chunks.v1.zstd") | .digest' "$work/manifest-$tag.json")"
+	data_size[$tag]="$(jq -r '.layers[] | select(.mediaType == "application/vnd.sluice.chunks.v1.zstd") | .size' "$work/manifest-$tag.json")"
+	# The chunk table: INDEX DIGEST STORED_LEN BLOB_OFFSET (-1: zero chunk).
+	# The data blob holds the distinct chunks back to back in order of first
+	# use (imageconv/FORMAT.md), which gives each chunk's offset.
+	"$SLUICE" inspect --plain-http --chunks "$REGISTRY_ADDR/${ref[$tag]}" 2>"$logs/inspect-$tag.log" |
+		awk '$1 ~ /^[0-9]+$/ && ($2 == "zero" || $2 ~ /^sha256:/) && $3 ~ /^[0-9]+$/ {
+			if ($2 == "zero") { print $1, $2, 0, -1; next }
+			if (!($2 in at)) { at[$2] = run + 0; run += $3 }
+			print $1, $2, $3, at[$2] }' >"$data/chunks-$tag.txt"
+	[[ -s "$data/chunks-$tag.txt" ]] || die "sluice inspect --chunks printed no chunk table"
+	blob_end="$(awk '$4 >= 0 && $4 + $3 > e {e = $4 + $3} END {print e + 0}' "$data/chunks-$tag.txt")"
+	[[ "$blob_end" == "${data_size[$tag]}" ]] ||
+		die "chunk table ends at $blob_end, but the data blob is ${data_size[$tag]} bytes: blob layout not as in FORMAT.md"
+done
+dtag="$(tag_of "$default_chunk")"
+
+ext4="$work/ref.ext4"
+log "sluice export (the ext4 file every peer serves)"
+"$SLUICE" export --plain-http "$REGISTRY_ADDR/${ref[$dtag]}" "$ext4" >/dev/null 2>"$logs/export.log" ||
+	{ cat "$logs/export.log" >&2; die "sluice export failed"; }
+ext4_bytes="$(stat -c %s "$ext4")"
+ext4_sha="$(sha256sum "$ext4" | cut -d' ' -f1)"
+nblocks=$((ext4_bytes / 4096))
+log "reference ext4: $((ext4_bytes / 1048576)) MiB, $nblocks blocks, sha256 ${ext4_sha:0:12}"
+
+# ==============================================================================
+# warm cache
+# ==============================================================================
+warm_servers=()
+declare -A warm_uri warm_pid
+jobs=("randread 4k 1" "randread 4k 32" "read 1m 8")
+job_names=("4k rand qd1" "4k rand qd32" "1M seq qd8")
+job_units=("IOPS" "IOPS" "MiB/s")
+
+if has_phase warm; then
+	log "warm: starting servers"
+	for cs in "${sizes[@]}"; do
+		tag="$(tag_of "$cs")"
+		name="sluice-$tag"
+		sock="$work/$name.sock"
+		serve_flags=()
+		if ((PROFILE)); then serve_flags=(--cpuprofile "$data/profile-warm-$tag.pprof"); fi
+		sluice_serve "$name" "$sock" "$work/cache-warm-$tag" 1GiB "$REGISTRY_ADDR/${ref[$tag]}"
+		serve_flags=()
+		warm_pid[$name]=$BG_PID
+		warm_uri[$name]="nbd+unix:///?socket=$sock"
+		wait_nbd "${warm_uri[$name]}" "$BG_PID" "$name"
+		t0=$SECONDS
+		got="$(nbdcopy "${warm_uri[$name]}" - | sha256sum | cut -d' ' -f1)"
+		[[ "$got" == "$ext4_sha" ]] || die "$name served bytes with sha256 $got, the exported ext4 has $ext4_sha"
+		log "  $name: cache filled by nbdcopy in $((SECONDS - t0)) s; bytes match the exported ext4"
+		warm_servers+=("$name")
+	done
+
+	cat "$ext4" >/dev/null # page cache warm for the peers
+	bg nbdkit nbdkit -f -r -U "$work/nbdkit.sock" file "$ext4"
+	warm_pid[nbdkit]=$BG_PID
+	warm_uri[nbdkit]="nbd+unix:///?socket=$work/nbdkit.sock"
+	wait_nbd "${warm_uri[nbdkit]}" "$BG_PID" nbdkit
+
+	cat >"$work/nbd-server.conf" <<EOF
+[generic]
+	unixsock = $work/nbd-server.sock
+[bench]
+	exportname = $ext4
+	readonly = true
+EOF
+	# nbd-server forks into the background (its -d serves one client only);
+	# its PID comes from the pid file.
+	nbd-server -C "$work/nbd-server.conf" -p "$work/nbd-server.pid" </dev/null >"$logs/nbd-server.log" 2>&1 ||
+		{ cat "$logs/nbd-server.log" >&2; die "nbd-server failed to start"; }
+	for ((i = 0; i < 100; i++)); do
+		[[ -s "$work/nbd-server.pid" ]] && break
+		sleep 0.1
+	done
+	[[ -s "$work/nbd-server.pid" ]] || die "nbd-server wrote no pid file"
+	warm_pid[nbd-server]="$(cat "$work/nbd-server.pid")"
+	started+=("${warm_pid[nbd-server]}")
+	warm_uri[nbd-server]="nbd+unix:///bench?socket=$work/nbd-server.sock"
+	wait_nbd "${warm_uri[nbd-server]}" "${warm_pid[nbd-server]}" nbd-server
+
+	# -t: keep serving after the first client leaves; -e 8: the default
+	# allows one client at a time.
+	bg qemu-nbd qemu-nbd -r -f raw -t -e 8 -k "$work/qemu-nbd.sock" "$ext4"
+	warm_pid[qemu-nbd]=$BG_PID
+	warm_uri[qemu-nbd]="nbd+unix:///?socket=$work/qemu-nbd.sock"
+	wait_nbd "${warm_uri[qemu-nbd]}" "$BG_PID" qemu-nbd
+	peers=(nbdkit nbd-server qemu-nbd)
+	all_servers=("${warm_servers[@]}" "${peers[@]}")
+
+	nruns=$((REPEAT * ${#jobs[@]} * ${#all_servers[@]}))
+	log "warm: $nruns fio runs of ${RUNTIME} s ($REPEAT rounds x ${#jobs[@]} jobs x ${#all_servers[@]} servers, rotated)"
+	mkdir -p "$data/fio"
+	: >"$data/warm.tsv"
+	k=0
+	for ((rep = 1; rep <= REPEAT; rep++)); do
+		for j in "${!jobs[@]}"; do
+			read -r rw bs depth <<<"${jobs[j]}"
+			n=${#all_servers[@]}
+			for ((s = 0; s < n; s++)); do
+				srv="${all_servers[(s + rep + j) % n]}"
+				out="$data/fio/$srv-$rw-$bs-qd$depth-$rep.json"
+				fio --name="$rw-$bs-qd$depth" --ioengine=nbd --uri="${warm_uri[$srv]}" --readonly \
+					--rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$RUNTIME" \
+					--output-format=json >"$out.raw" 2>"$out.err" ||
+					{ cat "$out.err" >&2; die "fio $rw $bs qd$depth against $srv failed"; }
+				# The nbd engine prints a line of its own before the JSON.
+				sed -n '/^{/,$p' "$out.raw" >"$out"
+				rm -f "$out.raw"
+				[[ -s "$out.err" ]] || rm -f "$out.err"
+				jq -r --arg s "$srv" --arg j "$j" --arg r "$rep" '.jobs[0] |
+					if .error != 0 or .read.io_bytes == 0 then error("fio job failed") else . end |
+					"\($s)\t\($j)\t\($r)\t\(.read.iops)\t\(.read.bw_bytes / 1048576)"' "$out" >>"$data/warm.tsv" ||
+					die "fio $rw $bs qd$depth against $srv: no result in $out"
+				k=$((k + 1))
+				printf '  [%d/%d] %-14s %-13s %s\n' "$k" "$nruns" "$srv" "${job_names[j]}" \
+					"$(tail -n1 "$data/warm.tsv" | awk -F'\t' -v j="$j" '{printf (j == 2 ? "%.0f MiB/s" : "%.0f IOPS"), (j == 2 ? $5 : $4)}')"
+			done
+		done
+	done
+	declare -A warm_hwm
+	for name in "${warm_servers[@]}"; do
+		warm_hwm[$name]="$(vm_kib "${warm_pid[$name]}" VmHWM)"
+	done
+	for name in "${all_servers[@]}"; do
+		stop "${warm_pid[$name]}"
+	done
+	rm -rf "$work"/cache-warm-*
+	if ((PROFILE)); then
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			if [[ -s "$data/profile-warm-$tag.pprof" ]]; then
+				go tool pprof -top -nodecount=30 "$SLUICE" "$data/profile-warm-$tag.pprof" \
+					>"$data/profile-warm-$tag.txt" 2>/dev/null || true
+			fi
+		done
+	fi
+fi
+
+# ==============================================================================
+# cold cache
+# ==============================================================================
+if has_phase cold; then
+	log "cold: building and starting throttleproxy (rtt $RTT, bandwidth $BANDWIDTH/s)"
+	(cd "$repo_root" && go build -o "$work/throttleproxy" ./bench/fio/throttleproxy) ||
+		die "building bench/fio/throttleproxy failed"
+	bg throttleproxy "$work/throttleproxy" --listen 127.0.0.1:0 --upstream "http://$REGISTRY_ADDR" \
+		--rtt "$RTT" --bandwidth "$BANDWIDTH" --addr-file "$work/proxy.addr"
+	proxy_pid=$BG_PID
+	for ((i = 0; i < 100; i++)); do
+		[[ -s "$work/proxy.addr" ]] && break
+		kill -0 "$proxy_pid" 2>/dev/null || { cat "$logs/throttleproxy.log" >&2; die "throttleproxy exited"; }
+		sleep 0.1
+	done
+	PROXY_ADDR="$(cat "$work/proxy.addr")"
+	proxy_stats() { curl -fsS "http://$PROXY_ADDR/_stats"; }
+	proxy_stats >/dev/null || die "throttleproxy does not answer on $PROXY_ADDR"
+
+	"$PY" "$here/coldread.py" offsets "$nblocks" "$SAMPLE_FRACTION" "$SEED" >"$data/sample.offsets"
+	nsample="$(wc -l <"$data/sample.offsets")"
+
+	# First-byte latency, interleaved over chunk sizes: per round and chunk
+	# size a fresh cache and process; FIRST_BYTE_READS+1 far-apart offsets
+	# (1 MiB-aligned, the same for every chunk size, shifted each round); the
+	# first read of a process also sets up its registry client.
+	log "cold: first-byte latency, $REPEAT rounds x ${#sizes[@]} chunk sizes x $((FIRST_BYTE_READS + 1)) reads"
+	for ((rep = 1; rep <= REPEAT; rep++)); do
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			cb="${chunk_bytes[$tag]}"
+			awk -v n=$((FIRST_BYTE_READS + 1)) -v rep="$rep" -v reps="$REPEAT" -v size="$ext4_bytes" -v cb="$cb" '
+				{ len[$1] = $3; boff[$1] = $4 }
+				END {
+					mib = int(size / 1048576)
+					for (j = 0; j < n; j++) {
+						off = int((j + (rep - 0.5) / reps) / n * mib) * 1048576
+						c = int(off / cb)
+						while (c in boff && boff[c] < 0) c++ # skip zero chunks
+						if (!(c in boff)) continue
+						print c * cb, boff[c], len[c]
+					}
+				}' "$data/chunks-$tag.txt" >"$work/fb-$tag-$rep.in"
+			name="cold-fb-$tag-$rep"
+			sluice_serve "$name" "$work/$name.sock" "$work/cache-$name" 0 "$PROXY_ADDR/${ref[$tag]}"
+			wait_nbd "nbd+unix:///?socket=$work/$name.sock" "$BG_PID" "$name"
+			"$PY" "$here/coldread.py" pair "nbd+unix:///?socket=$work/$name.sock" \
+				"http://$PROXY_ADDR/v2/bench/fio-$tag/blobs/${data_digest[$tag]}" \
+				<"$work/fb-$tag-$rep.in" >"$data/firstbyte-$tag-$rep.txt" ||
+				die "cold first-byte reads ($name) failed"
+			stop "$BG_PID"
+			rm -rf "$work/cache-$name"
+		done
+	done
+
+	declare -A amp_fetched amp_requests amp_sluice amp_floor amp_floor_avg amp_floor_raw amp_chunks
+	for cs in "${sizes[@]}"; do
+		tag="$(tag_of "$cs")"
+		name="cold-sample-$tag"
+		log "cold: $cs: reading $nsample random blocks (${SAMPLE_FRACTION} of $nblocks) through the proxy"
+		sluice_serve "$name" "$work/$name.sock" "$work/cache-$name" 0 "$PROXY_ADDR/${ref[$tag]}"
+		pid=$BG_PID
+		wait_nbd "nbd+unix:///?socket=$work/$name.sock" "$pid" "$name"
+		proxy_stats >"$data/proxy-before-$tag.json"
+		t0=$SECONDS
+		"$PY" "$here/coldread.py" nbd "nbd+unix:///?socket=$work/$name.sock" \
+			<"$data/sample.offsets" >"$data/sample-$tag.txt" || die "cold sample reads ($name) failed"
+		proxy_stats >"$data/proxy-after-$tag.json"
+		stop "$pid"
+		rm -rf "$work/cache-$name"
+		d="${data_digest[$tag]}"
+		amp_fetched[$tag]=$(($(jq -r --arg d "$d" '.blobs[$d].bytes // 0' "$data/proxy-after-$tag.json") - $(jq -r --arg d "$d" '.blobs[$d].bytes // 0' "$data/proxy-before-$tag.json")))
+		amp_requests[$tag]=$(($(jq -r --arg d "$d" '.blobs[$d].requests // 0' "$data/proxy-after-$tag.json") - $(jq -r --arg d "$d" '.blobs[$d].requests // 0' "$data/proxy-before-$tag.json")))
+		amp_sluice[$tag]="$(jq -rR 'fromjson? | select(.message == "stopped") | .fetched_bytes' "$logs/$name.log" 2>/dev/null | tail -n1 || true)"
+		# Floors: exact = stored bytes of the distinct non-zero chunks read
+		# (a digest counts once); avg = their count x the mean stored chunk;
+		# raw = their count x the chunk size (uncompressed).
+		read -r "amp_chunks[$tag]" "amp_floor[$tag]" "amp_floor_avg[$tag]" "amp_floor_raw[$tag]" < <(
+			awk -v cb="${chunk_bytes[$tag]}" '
+				FNR == NR { dg[$1] = $2; len[$1] = $3; if ($2 != "zero") { nz++; tot += $3 }; next }
+				{ c = int($1 / cb); if (dg[c] != "zero" && !(dg[c] in seen)) { seen[dg[c]] = 1; n++; sum += len[c] } }
+				END { printf "%d %d %.0f %.0f\n", n, sum, n * tot / nz, n * cb }' \
+				"$data/chunks-$tag.txt" "$data/sample.offsets")
+		log "  $cs: ${amp_fetched[$tag]} bytes in ${amp_requests[$tag]} requests for ${amp_chunks[$tag]} chunks (floor ${amp_floor[$tag]}) in $((SECONDS - t0)) s"
+	done
+	stop "$proxy_pid"
+	cp "$logs/throttleproxy.log" "$data/throttleproxy.log"
+fi
+
+# ==============================================================================
+# RSS: many images in one process
+# ==============================================================================
+rss_skipped=""
+if has_phase rss; then
+	need_gib=$((RSS_IMAGES * RSS_IMAGE_MIB * 3 / 1024 + 4))
+	free_gib=$(($(df -Pk "$work" | awk 'NR == 2 {print $4}') / 1048576))
+	if ((free_gib < need_gib)); then
+		rss_skipped="skipped: $free_gib GiB free in $work, need about $need_gib GiB"
+		log "rss: $rss_skipped"
+	fi
+fi
+if has_phase rss && [[ -z "$rss_skipped" ]]; then
+	log "rss: building $RSS_IMAGES images of $RSS_IMAGE_MIB MiB (generate, push, convert)"
+	rss_layout="$work/rss-oci"
+	umoci init --layout "$rss_layout"
+	rss_refs=()
+	t0=$SECONDS
+	for ((i = 0; i < RSS_IMAGES; i++)); do
+		"$PY" "$here/genimage.py" $((1000 + i)) $((RSS_IMAGE_MIB << 20)) "$work/rss-$i.tar"
+		umoci new --image "$rss_layout:img$i"
+		umoci raw add-layer --image "$rss_layout:img$i" "$work/rss-$i.tar"
+		rm -f "$work/rss-$i.tar"
+		umoci config --image "$rss_layout:img$i" --os linux --architecture "$(dpkg --print-architecture)" \
+			--config.cmd /bin/true --no-history
+		r="$REGISTRY_ADDR/bench/rss-$i:latest"
+		skopeo copy -q --dest-tls-verify=false "oci:$rss_layout:img$i" "docker://$r"
+		umoci rm --image "$rss_layout:img$i"
+		umoci gc --layout "$rss_layout"
+		mkdir -p "$work/convert-tmp"
+		"$SLUICE" convert --plain-http --work-dir "$work/convert-tmp" "$r" >"$data/convert-rss-$i.txt" 2>"$logs/convert-rss-$i.log" ||
+			{ cat "$logs/convert-rss-$i.log" >&2; die "sluice convert $r failed"; }
+		rss_refs+=("$r")
+		echo "  image $((i + 1))/$RSS_IMAGES ready ($((SECONDS - t0)) s)"
+	done
+	rm -rf "$rss_layout" "$work/convert-tmp"
+	rss_ext4_mib="$(awk '/ext4 size/ {print $3, $4; exit}' "$data/convert-rss-0.txt")"
+
+	log "rss: one sluice serve for all $RSS_IMAGES images; nbdcopy of each, in parallel"
+	serve_env=(GODEBUG=gctrace=1)
+	sluice_serve rss "$work/rss.sock" "$work/cache-rss" 50MiB "${rss_refs[@]}"
+	serve_env=()
+	rss_pid=$BG_PID
+	wait_nbd "nbd+unix:///?socket=$work/rss.sock" "$rss_pid" rss
+	(
+		while kill -0 "$rss_pid" 2>/dev/null; do
+			echo "$SECONDS $(vm_kib "$rss_pid" VmRSS)"
+			sleep 0.5
+		done
+	) >"$data/rss-samples.txt" 2>/dev/null &
+	sampler_pid=$!
+	started+=("$sampler_pid")
+	t0=$SECONDS
+	copies=()
+	for r in "${rss_refs[@]}"; do
+		nbdcopy "nbd+unix:///$r?socket=$work/rss.sock" null: &
+		copies+=($!)
+		started+=($!)
+	done
+	for p in "${copies[@]}"; do
+		wait "$p" || die "nbdcopy of an rss image failed"
+	done
+	rss_read_s=$((SECONDS - t0))
+	rss_hwm_kib="$(vm_kib "$rss_pid" VmHWM)"
+	rss_end_kib="$(vm_kib "$rss_pid" VmRSS)"
+	stop "$rss_pid"
+	stop "$sampler_pid"
+	cp "$logs/rss.log" "$data/rss-serve.log"
+	# gctrace: "gc N @T s P%: ... A->B->C MB, D MB goal, ..."
+	read -r gc_count gc_heap_max gc_live_max gc_goal_max < <(awk '$1 == "gc" && /MB goal/ {
+			n++
+			for (i = 1; i <= NF; i++) {
+				if ($i ~ /->.*->/) {
+					split($i, h, "->")
+					if (h[1] + 0 > hm) hm = h[1] + 0
+					if (h[3] + 0 > lm) lm = h[3] + 0
+				}
+				if ($(i + 1) == "MB" && $(i + 2) == "goal,") { if ($i + 0 > gm) gm = $i + 0 }
+			}
+		} END { printf "%d %d %d %d\n", n, hm, lm, gm }' "$logs/rss.log")
+	rm -rf "$work/cache-rss"
+	log "rss: peak $((rss_hwm_kib / 1024)) MiB (VmHWM) after reading $RSS_IMAGES images in $rss_read_s s"
+fi
+
+# ==============================================================================
+# report
+# ==============================================================================
+pass() { awk -v ok="$1" 'BEGIN {print ok ? "PASS" : "FAIL"}'; }
+verdicts=()
+git_rev="$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo none)"
+git_dirty=""
+if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirty=" (dirty)"; fi
+
+{
+	echo "sluice NBD serving benchmark (bench/fio/run.sh)"
+	echo "date:        $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "commit:      $git_rev$git_dirty"
+	echo "binary:      $sluice_src (built $sluice_built, sha256 $(sha256sum "$SLUICE" | cut -c1-12))"
+	echo "machine:     $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(uname -r), $(go version 2>/dev/null | awk '{print $3}'), fio $(fio --version | sed 's/^fio-//')"
+	echo "image:       bench/convert base: $((ext4_bytes / 1048576)) MiB ext4 ($nblocks blocks of 4 KiB), sha256 ${ext4_sha:0:16}"
+	echo "chunk sizes: ${sizes[*]} (default: $default_chunk)"
+	for cs in "${sizes[@]}"; do
+		tag="$(tag_of "$cs")"
+		awk -v cs="$cs" -v ds="${data_size[$tag]}" '$2 != "zero" {n++; s += $3} $2 == "zero" {z++}
+			END {printf "  %-7s %5d chunks (%d all-zero), data blob %.1f MiB, mean stored chunk %.1f KiB (%.0f%% of %s)\n",
+				cs, NR, z, ds / 1048576, s / n / 1024, 100 * s / n / (cs ~ /MiB/ ? cs * 1048576 : cs * 1024), cs}' "$data/chunks-$tag.txt"
+	done
+	echo "elapsed:     $((SECONDS - t_start)) s"
+
+	if has_phase warm; then
+		echo
+		echo "== warm cache: fio ioengine=nbd, ${RUNTIME} s per run, median of $REPEAT rotated rounds =="
+		echo "(sluice: serve --background-rate 1GiB, cache filled by one nbdcopy; peers serve the exported ext4, page cache warm)"
+		printf '%-16s %14s %14s %14s   %s\n' "server" "${job_names[0]}" "${job_names[1]}" "${job_names[2]}" "peak RSS"
+		printf '%-16s %14s %14s %14s\n' "" "${job_units[0]}" "${job_units[1]}" "${job_units[2]}"
+		declare -A med
+		for srv in "${all_servers[@]}"; do
+			for j in 0 1 2; do
+				col=$((j == 2 ? 5 : 4))
+				med[$srv,$j]="$(awk -F'\t' -v s="$srv" -v j="$j" -v c="$col" '$1 == s && $2 == j {print $c}' "$data/warm.tsv" | median)"
+			done
+			extra=""
+			[[ -n "${warm_hwm[$srv]:-}" ]] && extra="$((warm_hwm[$srv] / 1024)) MiB"
+			label="$srv"
+			[[ "$srv" == "sluice-$dtag" ]] && label="$srv*"
+			printf '%-16s %14.0f %14.0f %14.0f   %s\n' "$label" "${med[$srv,0]}" "${med[$srv,1]}" "${med[$srv,2]}" "$extra"
+		done
+		declare -A best best_name
+		for j in 0 1 2; do
+			best[$j]=0
+			for p in "${peers[@]}"; do
+				if awk -v a="${med[$p,$j]}" -v b="${best[$j]}" 'BEGIN {exit !(a > b)}'; then
+					best[$j]="${med[$p,$j]}" best_name[$j]="$p"
+				fi
+			done
+		done
+		printf '%-16s %14.0f %14.0f %14.0f   (%s, %s, %s)\n' "best peer" "${best[0]}" "${best[1]}" "${best[2]}" "${best_name[0]}" "${best_name[1]}" "${best_name[2]}"
+		echo "(* default chunk size)"
+		echo
+		echo "ratios sluice/peer (higher is better for sluice):"
+		printf '%-30s %14s %14s %14s\n' "" "${job_names[0]}" "${job_names[1]}" "${job_names[2]}"
+		for srv in "${warm_servers[@]}"; do
+			for p in "${peers[@]}" best; do
+				row=()
+				for j in 0 1 2; do
+					if [[ "$p" == best ]]; then b="${best[$j]}"; else b="${med[$p,$j]}"; fi
+					row+=("$(awk -v a="${med[$srv,$j]}" -v b="$b" 'BEGIN {printf "%.2fx", a / b}')")
+				done
+				printf '%-30s %14s %14s %14s\n' "$srv / $p" "${row[@]}"
+			done
+		done
+		echo
+		for j in 0 1 2; do
+			r="$(awk -v a="${med[sluice-$dtag,$j]}" -v b="${best[$j]}" 'BEGIN {printf "%.2f", a / b}')"
+			v="$(pass "$(awk -v r="$r" -v t="$TARGET_WARM_RATIO" 'BEGIN {print (r >= t)}')")"
+			verdicts+=("$v")
+			printf 'target warm %-13s sluice-%s/best = %sx   >= %sx   %s\n' "${job_names[j]}:" "$dtag" "$r" "$TARGET_WARM_RATIO" "$v"
+		done
+		if ((PROFILE)); then echo "CPU profiles of the warm sluice servers: ${data#"$repo_root"/}/profile-warm-*.txt"; fi
+	fi
+
+	if has_phase cold; then
+		echo
+		echo "== cold cache: through throttleproxy (rtt $RTT, $BANDWIDTH/s), --background-rate 0, fresh cache per process =="
+		echo "amplification: $nsample random 4 KiB blocks (${SAMPLE_FRACTION} of $nblocks, seed $SEED), queue depth 1"
+		echo "  floor = stored (compressed) bytes of the distinct non-zero chunks the blocks fall in, each digest once"
+		echo "  (also shown: chunks x mean stored chunk, and chunks x chunk size uncompressed)"
+		printf '%-8s %7s %12s %9s %12s %12s %14s %8s %9s %9s\n' "chunk" "chunks" "fetched B" "requests" "floor B" "avg floor B" "uncompr. B" "ratio" "miss med" "hit med"
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			ratio="$(awk -v a="${amp_fetched[$tag]}" -v b="${amp_floor[$tag]}" 'BEGIN {printf "%.3f", a / b}')"
+			# Latency of reads that faulted (first read of a chunk) and of hits.
+			read -r miss_med hit_med < <(awk -v cb="${chunk_bytes[$tag]}" 'FNR == NR {dg[$1] = $2; next}
+				{ c = int($1 / cb); if (dg[c] != "zero" && !(dg[c] in seen)) { seen[dg[c]] = 1; print "m", $2 } else print "h", $2 }' \
+				"$data/chunks-$tag.txt" "$data/sample-$tag.txt" | sort -k1,1 -k2,2g | awk '
+				{ v[$1, ++n[$1]] = $2 }
+				END { for (k = 1; k <= 2; k++) { t = (k == 1) ? "m" : "h"; c = n[t]
+					if (c == 0) m = "-"; else if (c % 2) m = v[t, (c + 1) / 2]; else m = (v[t, c / 2] + v[t, c / 2 + 1]) / 2
+					printf "%s ", (m == "-") ? "-" : sprintf("%.1fms", m / 1000) } print "" }')
+			printf '%-8s %7d %12d %9d %12d %12d %14d %7sx %9s %9s\n' "$cs" "${amp_chunks[$tag]}" "${amp_fetched[$tag]}" "${amp_requests[$tag]}" \
+				"${amp_floor[$tag]}" "${amp_floor_avg[$tag]}" "${amp_floor_raw[$tag]}" "$ratio" "$miss_med" "$hit_med"
+			if [[ -n "${amp_sluice[$tag]}" && "${amp_sluice[$tag]}" != "${amp_fetched[$tag]}" ]]; then
+				echo "         (sluice itself counted ${amp_sluice[$tag]} bytes fetched)"
+			fi
+		done
+		echo "  fetched/floor for $nsample reads, $((nsample * 4096)) bytes asked: ratio to the 4 KiB actually read:"
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			printf '    %-7s %.1fx the bytes read\n' "$cs" "$(awk -v a="${amp_fetched[$tag]}" -v b=$((nsample * 4096)) 'BEGIN {print a / b}')"
+		done
+		echo
+		echo "first-byte latency: single 4 KiB reads of far-apart cold chunks, $FIRST_BYTE_READS per process x $REPEAT processes;"
+		echo "  budget = rtt + stored chunk bytes / bandwidth + ${TARGET_FIRST_BYTE_SLACK_MS} ms, per read; raw = plain HTTP GET of the"
+		echo "  same chunk through the same proxy, alternating with the read (network + registry, no sluice)"
+		printf '%-8s %10s %10s %10s %12s %14s %14s %16s\n' "chunk" "sluice" "budget" "raw GET" "sluice-raw" "sluice/budget" "1st read/proc" "mean chunk KiB"
+		declare -A fb_ratio fb_over
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			# Lines after the first of each file: the client is set up.
+			all="$(for f in "$data"/firstbyte-"$tag"-*.txt; do tail -n +2 "$f"; done)"
+			firsts="$(for f in "$data"/firstbyte-"$tag"-*.txt; do head -n1 "$f"; done | awk '{print $3}' | median)"
+			s_med="$(awk '{print $3}' <<<"$all" | median)"
+			raw_med="$(awk '{print $4}' <<<"$all" | median)"
+			b_med="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" -v slack=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) '{print rtt + $2 / bw * 1e6 + slack}' <<<"$all" | median)"
+			fb_over[$tag]="$(awk '{print $3 - $4}' <<<"$all" | median)"
+			fb_ratio[$tag]="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" -v slack=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) '{print $3 / (rtt + $2 / bw * 1e6 + slack)}' <<<"$all" | median)"
+			kib="$(awk '{s += $2; n++} END {printf "%.0f", s / n / 1024}' <<<"$all")"
+			printf '%-8s %8.1fms %8.1fms %8.1fms %10.1fms %13.2fx %12.1fms %16s\n' "$cs" "$(awk -v v="$s_med" 'BEGIN {print v / 1000}')" \
+				"$(awk -v v="$b_med" 'BEGIN {print v / 1000}')" "$(awk -v v="$raw_med" 'BEGIN {print v / 1000}')" \
+				"$(awk -v v="${fb_over[$tag]}" 'BEGIN {print v / 1000}')" "${fb_ratio[$tag]}" "$(awk -v v="$firsts" 'BEGIN {print v / 1000}')" "$kib"
+		done
+		echo "  (sluice-raw and sluice/budget are medians of per-read values)"
+		echo
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			r="$(awk -v a="${amp_fetched[$tag]}" -v b="${amp_floor[$tag]}" 'BEGIN {printf "%.2f", a / b}')"
+			v="$(pass "$(awk -v r="$r" -v t="$TARGET_AMPLIFICATION" 'BEGIN {print (r <= t)}')")"
+			[[ "$tag" == "$dtag" ]] && verdicts+=("$v")
+			printf 'target cold bytes fetched    %-7s %sx floor            <= %sx   %s\n' "$cs" "$r" "$TARGET_AMPLIFICATION" "$v"
+		done
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			r="$(awk -v a="${fb_ratio[$tag]}" 'BEGIN {printf "%.2f", a}')"
+			v="$(pass "$(awk -v r="$r" 'BEGIN {print (r <= 1)}')")"
+			[[ "$tag" == "$dtag" ]] && verdicts+=("$v")
+			printf 'target cold first-byte       %-7s %sx budget           <= 1.00x   %s   (sluice-raw %.1f ms)\n' "$cs" "$r" "$v" \
+				"$(awk -v v="${fb_over[$tag]}" 'BEGIN {print v / 1000}')"
+		done
+	fi
+
+	if has_phase rss; then
+		echo
+		echo "== RSS: $RSS_IMAGES images in one sluice serve =="
+		if [[ -n "$rss_skipped" ]]; then
+			echo "$rss_skipped"
+		else
+			echo "images:   $RSS_IMAGES x $rss_ext4_mib ext4 (one $RSS_IMAGE_MIB MiB file of ~2:1 compressible pseudo-random data each, no chunk shared)"
+			echo "reading:  nbdcopy of every export in parallel, $rss_read_s s; --background-rate 50MiB (the default); cache dir fresh"
+			echo "go heap:  $gc_count GCs; largest live heap after a GC $gc_live_max MB, heap at a GC start up to $gc_heap_max MB, goal up to $gc_goal_max MB (GODEBUG=gctrace=1)"
+			echo "RSS at the end: $((rss_end_kib / 1024)) MiB; samples every 0.5 s: ${data#"$repo_root"/}/rss-samples.txt"
+			r="$(awk -v a="$rss_hwm_kib" -v t="$TARGET_RSS_MIB" 'BEGIN {printf "%.2f", a / 1024 / t}')"
+			v="$(pass "$(awk -v a="$rss_hwm_kib" -v t="$TARGET_RSS_MIB" 'BEGIN {print (a / 1024 <= t)}')")"
+			verdicts+=("$v")
+			printf 'target RSS peak (VmHWM)      %.1f MiB = %sx of %d MiB   <= 1.00x   %s\n' "$(awk -v a="$rss_hwm_kib" 'BEGIN {print a / 1024}')" "$r" "$TARGET_RSS_MIB" "$v"
+		fi
+	fi
+} >"$results.tmp"
+mv "$results.tmp" "$results"
+echo
+cat "$results"
+echo
+echo "(written to ${results#"$repo_root"/}; raw data in ${data#"$repo_root"/}/)"
+
+if [[ "$BENCH_STRICT" == 1 && " ${verdicts[*]} " == *" FAIL "* ]]; then
+	exit 1
+fi
