@@ -297,5 +297,4 @@ func (l *loader) close() {
 	l.closed = true
 	l.mu.Unlock()
 	l.wg.Wait()
-	l.dec.Close()
 }

@@ -61,7 +61,7 @@ func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Op
 	for _, o := range opts {
 		o(&cfg)
 	}
-	dec, err := newDecoder(art.Index.ChunkSize)
+	dec, err := store.decoder(art.Index.ChunkSize)
 	if err != nil {
 		return nil, fmt.Errorf("open image %s: %w", art.Descriptor.Digest, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
@@ -69,6 +70,11 @@ type Store struct {
 	// fetchMem bounds the bytes of range fetches in flight across every
 	// image using this store, so memory does not grow with the image count.
 	fetchMem *semaphore.Weighted
+	// decoders are shared by the images of one chunk size (DecodeAll is
+	// safe for concurrent use): their buffers are the biggest per-image
+	// cost otherwise.
+	decMu    sync.Mutex
+	decoders map[int64]*zstd.Decoder
 }
 
 type entry struct {
@@ -111,7 +117,25 @@ func WithFsync(on bool) StoreOption { return func(c *storeConfig) { c.fsync = on
 func WithHotBytes(n int64) StoreOption { return func(c *storeConfig) { c.hotBytes = n } }
 
 // fetchMemory is the bound of range-fetch bytes in flight per store.
-const fetchMemory = 16 << 20
+const fetchMemory = 8 << 20
+
+// decoder returns the store's shared decoder for chunks of chunkSize.
+func (s *Store) decoder(chunkSize int64) (*zstd.Decoder, error) {
+	s.decMu.Lock()
+	defer s.decMu.Unlock()
+	if d, ok := s.decoders[chunkSize]; ok {
+		return d, nil
+	}
+	d, err := newDecoder(chunkSize)
+	if err != nil {
+		return nil, err
+	}
+	if s.decoders == nil {
+		s.decoders = map[int64]*zstd.Decoder{}
+	}
+	s.decoders[chunkSize] = d
+	return d, nil
+}
 
 const (
 	blockSize = 4096
@@ -261,5 +285,11 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.fds.closeAll()
+	s.decMu.Lock()
+	for _, d := range s.decoders {
+		d.Close()
+	}
+	s.decoders = nil
+	s.decMu.Unlock()
 	return s.lock.Close()
 }
