@@ -146,8 +146,9 @@ func ParseIndex(b []byte) (*Index, error) {
 	if imageSize > maxImageSize || chunkSize > MaxChunkSize || dataSize > maxImageSize*2 {
 		return nil, fmt.Errorf("%w: absurd geometry (image %d, chunk %d, data %d bytes)", ErrBadIndex, imageSize, chunkSize, dataSize)
 	}
-	if uint64(len(b)-indexHeaderSize) != count*indexEntrySize {
-		return nil, fmt.Errorf("%w: %d chunks need %d bytes of table, have %d", ErrBadIndex, count, count*indexEntrySize, len(b)-indexHeaderSize)
+	// Divide rather than multiply: a huge count must not wrap around.
+	if table := uint64(len(b) - indexHeaderSize); table%indexEntrySize != 0 || count != table/indexEntrySize {
+		return nil, fmt.Errorf("%w: the header says %d chunks, the table has %d bytes of %d-byte entries", ErrBadIndex, count, len(b)-indexHeaderSize, indexEntrySize)
 	}
 	ix := &Index{ImageSize: int64(imageSize), ChunkSize: int64(chunkSize), DataSize: int64(dataSize)}
 	ix.Chunks = make([]Chunk, count)
