@@ -150,6 +150,9 @@ func ParseIndex(b []byte) (*Index, error) {
 	if table := uint64(len(b) - indexHeaderSize); table%indexEntrySize != 0 || count != table/indexEntrySize {
 		return nil, fmt.Errorf("%w: the header says %d chunks, the table has %d bytes of %d-byte entries", ErrBadIndex, count, len(b)-indexHeaderSize, indexEntrySize)
 	}
+	if !allZero(b[48:indexHeaderSize]) {
+		return nil, fmt.Errorf("%w: reserved header bytes are not zero", ErrBadIndex)
+	}
 	ix := &Index{ImageSize: int64(imageSize), ChunkSize: int64(chunkSize), DataSize: int64(dataSize)}
 	ix.Chunks = make([]Chunk, count)
 	for i := range ix.Chunks {
@@ -158,6 +161,9 @@ func ParseIndex(b []byte) (*Index, error) {
 		copy(c.Digest[:], e[:32])
 		c.Offset = le.Uint64(e[32:])
 		c.Length = le.Uint32(e[40:])
+		if !allZero(e[44:indexEntrySize]) {
+			return nil, fmt.Errorf("%w: reserved bytes of chunk %d are not zero", ErrBadIndex, i)
+		}
 	}
 	if err := ix.validate(); err != nil {
 		return nil, err
@@ -193,4 +199,13 @@ func (ix *Index) validate() error {
 		}
 	}
 	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

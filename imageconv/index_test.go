@@ -68,6 +68,8 @@ func TestParseIndexRejects(t *testing.T) {
 		"odd chunk size":  mutate(func(b []byte) []byte { b[24] = 1; return b }),
 		"huge image":      mutate(func(b []byte) []byte { b[23] = 0x40; return b }),
 		"chunk past data": mutate(func(b []byte) []byte { b[40] = 1; b[41] = 0; b[42] = 0; return b }),
+		"reserved header": mutate(func(b []byte) []byte { b[50] = 1; return b }),
+		"reserved entry":  mutate(func(b []byte) []byte { b[indexHeaderSize+45] = 1; return b }),
 		"huge chunk length": mutate(func(b []byte) []byte {
 			e := b[indexHeaderSize:]
 			e[43] = 0x7f
