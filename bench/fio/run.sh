@@ -85,7 +85,7 @@ TARGET_RSS_MIB=128
 
 results_dir="$here/results"
 results="$results_dir/latest.txt"
-data="$results_dir/latest-data"
+data_final="$results_dir/latest-data"
 
 [[ $# == 0 ]] || die "usage: $0 (configured by environment variables; see the header)"
 [[ -x "$SLUICE" ]] || die "$SLUICE not found: run 'make build' (or 'make bench')"
@@ -232,7 +232,10 @@ sluice_serve() {
 # vm_kib PID FIELD: VmHWM or VmRSS of PID, in KiB
 vm_kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 
-rm -rf "$data"
+# Raw data goes to the work dir and replaces results/latest-data at the end,
+# so a run that fails (or a second run in the same tree) does not leave half
+# of it there.
+data="$work/data"
 mkdir -p "$data"
 t_start=$SECONDS
 
@@ -575,6 +578,8 @@ if has_phase rss && [[ -z "$rss_skipped" ]]; then
 				if ($(i + 1) == "MB" && $(i + 2) == "goal,") { if ($i + 0 > gm) gm = $i + 0 }
 			}
 		} END { printf "%d %d %d %d\n", n, hm, lm, gm }' "$logs/rss.log")
+	# "gc N @Ts P%:": P is the share of CPU time spent in GC since the start.
+	gc_cpu="$(awk '$1 == "gc" && $4 ~ /%:$/ {p = $4} END {sub(/:$/, "", p); print (p == "" ? "?" : p)}' "$logs/rss.log")"
 	rm -rf "$work/cache-rss"
 	log "rss: peak $((rss_hwm_kib / 1024)) MiB (VmHWM) after reading $RSS_IMAGES images in $rss_read_s s"
 fi
@@ -653,7 +658,7 @@ if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirt
 			verdicts+=("$v")
 			printf 'target warm %-13s sluice-%s/best = %sx   >= %sx   %s\n' "${job_names[j]}:" "$dtag" "$r" "$TARGET_WARM_RATIO" "$v"
 		done
-		if ((PROFILE)); then echo "CPU profiles of the warm sluice servers: ${data#"$repo_root"/}/profile-warm-*.txt"; fi
+		if ((PROFILE)); then echo "CPU profiles of the warm sluice servers: ${data_final#"$repo_root"/}/profile-warm-*.txt"; fi
 	fi
 
 	if has_phase cold; then
@@ -720,9 +725,15 @@ if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirt
 			r="$(awk -v a="${fb_ratio[$tag]}" 'BEGIN {printf "%.2f", a}')"
 			v="$(pass "$(awk -v r="$r" 'BEGIN {print (r <= 1)}')")"
 			[[ "$tag" == "$dtag" ]] && verdicts+=("$v")
-			printf 'target cold first-byte       %-7s %sx budget           <= 1.00x   %s   (sluice-raw %.1f ms)\n' "$cs" "$r" "$v" \
-				"$(awk -v v="${fb_over[$tag]}" 'BEGIN {print v / 1000}')"
+			printf 'target cold first-byte       %-7s %sx budget           <= 1.00x   %s\n' "$cs" "$r" "$v"
 		done
+		echo "(not a target: sluice's own share of a fault, median of sluice - raw GET per read, against the 1 ms slack:"
+		for cs in "${sizes[@]}"; do
+			tag="$(tag_of "$cs")"
+			printf '  %-7s %5.1f ms  %s\n' "$cs" "$(awk -v v="${fb_over[$tag]}" 'BEGIN {print v / 1000}')" \
+				"$(awk -v v="${fb_over[$tag]}" -v t=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) 'BEGIN {print (v <= t) ? "within" : "over"}')"
+		done
+		echo ")"
 	fi
 
 	if has_phase rss; then
@@ -733,20 +744,26 @@ if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirt
 		else
 			echo "images:   $RSS_IMAGES x $rss_ext4_mib ext4 (one $RSS_IMAGE_MIB MiB file of ~2:1 compressible pseudo-random data each, no chunk shared)"
 			echo "reading:  nbdcopy of every export in parallel, $rss_read_s s; --background-rate 50MiB (the default); cache dir fresh"
-			echo "go heap:  $gc_count GCs; largest live heap after a GC $gc_live_max MB, heap at a GC start up to $gc_heap_max MB, goal up to $gc_goal_max MB (GODEBUG=gctrace=1)"
-			echo "RSS at the end: $((rss_end_kib / 1024)) MiB; samples every 0.5 s: ${data#"$repo_root"/}/rss-samples.txt"
+			echo "go heap:  $gc_count GCs ($gc_cpu of CPU time in GC); largest live heap after a GC $gc_live_max MB, heap at a GC start up to $gc_heap_max MB, goal up to $gc_goal_max MB (GODEBUG=gctrace=1)"
+			echo "RSS at the end: $((rss_end_kib / 1024)) MiB; samples every 0.5 s: ${data_final#"$repo_root"/}/rss-samples.txt"
 			r="$(awk -v a="$rss_hwm_kib" -v t="$TARGET_RSS_MIB" 'BEGIN {printf "%.2f", a / 1024 / t}')"
 			v="$(pass "$(awk -v a="$rss_hwm_kib" -v t="$TARGET_RSS_MIB" 'BEGIN {print (a / 1024 <= t)}')")"
 			verdicts+=("$v")
 			printf 'target RSS peak (VmHWM)      %.1f MiB = %sx of %d MiB   <= 1.00x   %s\n' "$(awk -v a="$rss_hwm_kib" 'BEGIN {print a / 1024}')" "$r" "$TARGET_RSS_MIB" "$v"
 		fi
 	fi
-} >"$results.tmp"
+} >"$data/latest.txt"
+mkdir -p "$results_dir"
+rm -rf "$data_final.tmp"
+cp -a "$data" "$data_final.tmp"
+rm -rf "$data_final"
+mv "$data_final.tmp" "$data_final"
+cp "$data/latest.txt" "$results.tmp"
 mv "$results.tmp" "$results"
 echo
 cat "$results"
 echo
-echo "(written to ${results#"$repo_root"/}; raw data in ${data#"$repo_root"/}/)"
+echo "(written to ${results#"$repo_root"/}; raw data in ${data_final#"$repo_root"/}/)"
 
 if [[ "$BENCH_STRICT" == 1 && " ${verdicts[*]} " == *" FAIL "* ]]; then
 	exit 1
