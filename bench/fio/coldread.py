@@ -3,6 +3,10 @@
   coldread.py offsets BLOCKS FRACTION SEED
       print round(BLOCKS*FRACTION) distinct 4 KiB block offsets (bytes),
       chosen at random with SEED, one per line, in the order to read them
+  coldread.py index FILE
+      print the chunk table of a sluice index blob (imageconv/FORMAT.md),
+      one "INDEX DIGEST STORED_LENGTH BLOB_OFFSET" line per chunk; all-zero
+      chunks are "INDEX zero 0 -1"
   coldread.py nbd URI
       read 4 KiB at each offset on stdin, one at a time (queue depth 1),
       and print "OFFSET MICROSECONDS" per read
@@ -20,6 +24,7 @@ that has the nbd module: /usr/bin/python3).
 """
 import http.client
 import random
+import struct
 import sys
 import time
 import urllib.parse
@@ -31,6 +36,21 @@ def offsets(blocks, fraction, seed):
     n = max(1, round(blocks * fraction))
     for b in random.Random(seed).sample(range(blocks), n):
         print(b * BLOCK)
+
+
+def index(path):
+    with open(path, "rb") as f:
+        b = f.read()
+    magic, version, flags, _size, _chunk, count, _data = struct.unpack_from("<8sIIQQQQ", b, 0)
+    if magic != b"SLUICEIX" or version != 1 or flags != 0 or len(b) != 64 + 48 * count:
+        sys.exit(f"{path}: not a version 1 sluice index of {count} chunks")
+    for i in range(count):
+        at = 64 + 48 * i
+        offset, length = struct.unpack_from("<QI", b, at + 32)
+        if length == 0:
+            print(i, "zero", 0, -1)
+        else:
+            print(i, "sha256:" + b[at : at + 32].hex(), length, offset)
 
 
 def read_nbd(uri):
@@ -90,6 +110,8 @@ def read_pairs(uri, url):
 def main(argv):
     if len(argv) == 5 and argv[1] == "offsets":
         offsets(int(argv[2]), float(argv[3]), int(argv[4]))
+    elif len(argv) == 3 and argv[1] == "index":
+        index(argv[2])
     elif len(argv) == 3 and argv[1] == "nbd":
         read_nbd(argv[2])
     elif len(argv) == 4 and argv[1] == "pair":

@@ -48,7 +48,7 @@
 #   CHUNK_SIZES="64KiB 256KiB 1MiB"  chunk sizes tested (the default is added)
 #   RUNTIME=10  REPEAT=3     fio seconds per job; rounds (warm and cold)
 #   RTT=5ms  BANDWIDTH=100MB the throttling proxy (MB: 10^6 bytes)
-#   SAMPLE_FRACTION=0.01  SEED=1  FIRST_BYTE_READS=9
+#   SAMPLE_FRACTION=0.01  SEED=1  FIRST_BYTE_READS=20
 #   RSS_IMAGES=10  RSS_IMAGE_MIB=1024
 #   PROFILE=0                1: CPU-profile the warm sluice servers
 #   SLUICE=bin/sluice        the binary under test
@@ -70,7 +70,7 @@ RTT="${RTT:-5ms}"
 BANDWIDTH="${BANDWIDTH:-100MB}"
 SAMPLE_FRACTION="${SAMPLE_FRACTION:-0.01}"
 SEED="${SEED:-1}"
-FIRST_BYTE_READS="${FIRST_BYTE_READS:-9}"
+FIRST_BYTE_READS="${FIRST_BYTE_READS:-20}"
 RSS_IMAGES="${RSS_IMAGES:-10}"
 RSS_IMAGE_MIB="${RSS_IMAGE_MIB:-1024}"
 PROFILE="${PROFILE:-0}"
@@ -271,18 +271,23 @@ for cs in "${sizes[@]}"; do
 		"http://$REGISTRY_ADDR/v2/bench/fio-$tag/manifests/${artifact[$tag]}" >"$work/manifest-$tag.json"
 	data_digest[$tag]="$(jq -r '.layers[] | select(.mediaType == "application/vnd.sluice.chunks.v1.zstd") | .digest' "$work/manifest-$tag.json")"
 	data_size[$tag]="$(jq -r '.layers[] | select(.mediaType == "application/vnd.sluice.chunks.v1.zstd") | .size' "$work/manifest-$tag.json")"
-	# The chunk table: INDEX DIGEST STORED_LEN BLOB_OFFSET (-1: zero chunk).
-	# The data blob holds the distinct chunks back to back in order of first
-	# use (imageconv/FORMAT.md), which gives each chunk's offset.
-	"$SLUICE" inspect --plain-http --chunks "$REGISTRY_ADDR/${ref[$tag]}" 2>"$logs/inspect-$tag.log" |
-		awk '$1 ~ /^[0-9]+$/ && ($2 == "zero" || $2 ~ /^sha256:/) && $3 ~ /^[0-9]+$/ {
-			if ($2 == "zero") { print $1, $2, 0, -1; next }
-			if (!($2 in at)) { at[$2] = run + 0; run += $3 }
-			print $1, $2, $3, at[$2] }' >"$data/chunks-$tag.txt"
-	[[ -s "$data/chunks-$tag.txt" ]] || die "sluice inspect --chunks printed no chunk table"
+	# The chunk table, from the index blob: INDEX DIGEST STORED_LEN
+	# BLOB_OFFSET ("zero" and -1 for all-zero chunks). Chunks are stored in
+	# the order they were written, not in index order, so offsets come from
+	# the index itself.
+	index_digest="$(jq -r '.layers[] | select(.mediaType == "application/vnd.sluice.index.v1") | .digest' "$work/manifest-$tag.json")"
+	curl -fsS -o "$work/index-$tag.bin" "http://$REGISTRY_ADDR/v2/bench/fio-$tag/blobs/$index_digest" ||
+		die "fetching the index blob $index_digest failed"
+	"$PY" "$here/coldread.py" index "$work/index-$tag.bin" >"$data/chunks-$tag.txt" ||
+		die "cannot parse the index blob of bench/fio-$tag"
 	blob_end="$(awk '$4 >= 0 && $4 + $3 > e {e = $4 + $3} END {print e + 0}' "$data/chunks-$tag.txt")"
 	[[ "$blob_end" == "${data_size[$tag]}" ]] ||
-		die "chunk table ends at $blob_end, but the data blob is ${data_size[$tag]} bytes: blob layout not as in FORMAT.md"
+		die "chunk table ends at $blob_end, but the data blob is ${data_size[$tag]} bytes"
+	# Cross-check: sluice inspect --chunks prints INDEX DIGEST STORED_LEN.
+	"$SLUICE" inspect --plain-http --chunks "$REGISTRY_ADDR/${ref[$tag]}" 2>"$logs/inspect-$tag.log" |
+		awk '$1 ~ /^[0-9]+$/ && ($2 == "zero" || $2 ~ /^sha256:/) && $3 ~ /^[0-9]+$/ {print $1, $2, $3}' >"$work/inspect-$tag.txt"
+	cmp -s <(cut -d' ' -f1-3 "$data/chunks-$tag.txt") "$work/inspect-$tag.txt" ||
+		die "sluice inspect --chunks and the index blob of bench/fio-$tag disagree"
 done
 dtag="$(tag_of "$default_chunk")"
 
