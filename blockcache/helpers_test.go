@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -19,13 +18,13 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 // fixture is one image converted once for the whole package: the registry
@@ -64,7 +63,7 @@ func getFixture(t *testing.T) *fixture {
 
 func buildFixture() (*fixture, error) {
 	ctx := context.Background()
-	f := &fixture{reg: registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))), repo: "test/app"}
+	f := &fixture{reg: testutil.NewRegistry(), repo: "test/app"}
 	srv := httptest.NewServer(f.reg)
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")

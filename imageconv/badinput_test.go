@@ -14,13 +14,14 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 // faultRegistry is an in-process registry whose blob and manifest answers a
@@ -34,8 +35,8 @@ type faultRegistry struct {
 
 func newFaultRegistry(t *testing.T) *faultRegistry {
 	fr := &faultRegistry{}
-	reg := registry.New(registry.WithReferrersSupport(true), registry.Logger(nopLogger()))
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	reg := testutil.NewRegistry()
+	fr.host = testutil.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			fr.writes.Add(1)
 		}
@@ -44,8 +45,6 @@ func newFaultRegistry(t *testing.T) *faultRegistry {
 		}
 		reg.ServeHTTP(w, r)
 	}))
-	t.Cleanup(s.Close)
-	fr.host = strings.TrimPrefix(s.URL, "http://")
 	return fr
 }
 

@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 func TestConvertExportRoundTrip(t *testing.T) {
-	host := testRegistry(t)
+	host := testutil.Registry(t)
 	ref := pushImage(t, host, "app:v1",
 		layerOf(t, []entry{{name: "etc/", typ: '5'}, {name: "etc/hello", body: "hello world\n"}, {name: "big", body: strings.Repeat("x", 3<<20)}}),
 		layerOf(t, []entry{{name: "etc/", typ: '5'}, {name: "etc/.wh.hello"}, {name: "etc/new", body: "new\n"}}),
@@ -48,7 +50,7 @@ func TestExportPassesFsck(t *testing.T) {
 	if err != nil {
 		t.Skip("e2fsck is not installed (make test installs e2fsprogs)")
 	}
-	host := testRegistry(t)
+	host := testutil.Registry(t)
 	ref := pushImage(t, host, "big:v1",
 		layerOf(t, []entry{{name: "zeros", body: strings.Repeat("\x00", 130<<20)}, {name: "d/", typ: '5'}, {name: "d/f", body: "data"}}),
 		layerOf(t, randomTree(3, "usr", 20)),

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 // randomTree returns a layer's entries: n files of pseudo-random content.
@@ -43,7 +45,7 @@ func sharedChunks(a, b *Index) float64 {
 }
 
 func TestDeterministicAndSharedBase(t *testing.T) {
-	host := testRegistry(t)
+	host := testutil.Registry(t)
 	// usr/a takes 2 blocks: replacing it would shift everything after it
 	// off the 16-block chunk grid if the layout closed the gap.
 	base := append([]entry{{name: "usr/", typ: tar.TypeDir}, {name: "usr/a", body: strings.Repeat("a", 5000)}},

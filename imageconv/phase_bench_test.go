@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 type phaseTimer struct {
@@ -26,7 +28,7 @@ func (p *phaseTimer) Advance(int64) {}
 // BenchmarkConvertSynthetic converts a ~200 MB image of mixed text-like
 // and random files in two layers, logging each phase's time.
 func BenchmarkConvertSynthetic(b *testing.B) {
-	host := testRegistry(&testing.T{})
+	host := testutil.Registry(b)
 	r := rand.New(rand.NewPCG(7, 7))
 	words := []string{"lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "\n"}
 	mk := func(dir string, n int) []entry {

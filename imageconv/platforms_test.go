@@ -4,18 +4,18 @@ import (
 	"context"
 	"encoding/base64"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 func platformImage(t *testing.T, arch, body string) v1.Image {
@@ -33,7 +33,7 @@ func platformImage(t *testing.T, arch, body string) v1.Image {
 }
 
 func TestConvertMultiPlatform(t *testing.T) {
-	host := testRegistry(t)
+	host := testutil.Registry(t)
 	amd, arm := platformImage(t, "amd64", "x86"), platformImage(t, "arm64", "arm")
 	idx := mutate.AppendManifests(empty.Index,
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
@@ -93,8 +93,8 @@ func TestConvertMultiPlatform(t *testing.T) {
 // TestConvertDockerConfigCredentials uses credentials from a docker config
 // file, as the default keychain finds them.
 func TestConvertDockerConfigCredentials(t *testing.T) {
-	reg := registry.New(registry.WithReferrersSupport(true), registry.Logger(nopLogger()))
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	reg := testutil.NewRegistry()
+	host := testutil.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if u, p, ok := r.BasicAuth(); !ok || u != "sluice" || p != "s3cret" {
 			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"who are you"}]}`, http.StatusUnauthorized)
@@ -102,8 +102,6 @@ func TestConvertDockerConfigCredentials(t *testing.T) {
 		}
 		reg.ServeHTTP(w, r)
 	}))
-	defer s.Close()
-	host := strings.TrimPrefix(s.URL, "http://")
 	dir := t.TempDir()
 	auth := base64.StdEncoding.EncodeToString([]byte("sluice:s3cret"))
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"auths":{"`+host+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {

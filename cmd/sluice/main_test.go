@@ -5,16 +5,16 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 // run executes the CLI with args, with temporary files going to tmp.
@@ -28,9 +28,7 @@ func run(t *testing.T, tmp string, args ...string) error {
 }
 
 func TestCLI(t *testing.T) {
-	s := httptest.NewServer(registry.New(registry.WithReferrersSupport(true)))
-	defer s.Close()
-	host := strings.TrimPrefix(s.URL, "http://")
+	host := testutil.Registry(t)
 	img, err := random.Image(1<<20, 2)
 	if err != nil {
 		t.Fatal(err)

@@ -5,9 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
-	"io"
-	"log"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,12 +14,12 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/internal/testutil"
 	"github.com/sluice-project/sluice/test/internal/imagebuild"
 	"github.com/sluice-project/sluice/test/internal/treecmp"
 )
@@ -48,11 +45,7 @@ func newEnv(t *testing.T) *env {
 		t.Skip("needs root: mounts the exported ext4 image on a loop device")
 	}
 	requireLoop(t)
-	srv := httptest.NewServer(registry.New(
-		registry.WithReferrersSupport(true),
-		registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	return &env{registry: strings.TrimPrefix(srv.URL, "http://")}
+	return &env{registry: testutil.Registry(t)}
 }
 
 // caseDirs are one case's directories: the reference rootfs, the mount

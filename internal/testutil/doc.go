@@ -1,0 +1,8 @@
+// Package testutil holds helpers that the tests of several sluice packages
+// share: an in-process registry, fio's NBD jobs, probes that skip a test
+// when the machine cannot run it.
+//
+// It is for tests only: no non-test code may import it. It lives at the
+// module root, not under test/internal, so that the unit tests of imageconv,
+// blockcache, nbdserver and cmd can use it as well as the end-to-end tests.
+package testutil
