@@ -44,7 +44,7 @@ func newEnv(t *testing.T) *env {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: mounts the exported ext4 image on a loop device")
 	}
-	requireLoop(t)
+	testutil.RequireLoop(t)
 	return &env{registry: testutil.Registry(t)}
 }
 

@@ -3,32 +3,10 @@ package convert
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 )
-
-// requireLoop skips the test if a loop device cannot be attached.
-func requireLoop(t *testing.T) {
-	t.Helper()
-	f, err := os.CreateTemp(tmpBase, "scprobe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(1 << 20); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "-r", "-f", "--show", f.Name()).CombinedOutput()
-	if err != nil {
-		t.Skipf("needs loop device support: losetup -r -f --show: %v: %s", err, bytes.TrimSpace(out))
-	}
-	if out, err := exec.Command("losetup", "-d", strings.TrimSpace(string(out))).CombinedOutput(); err != nil {
-		t.Fatalf("losetup -d: %v: %s", err, out)
-	}
-}
 
 // fsck fails the test unless e2fsck finds the image clean.
 func fsck(t *testing.T, img string) {

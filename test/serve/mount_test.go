@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 // TestMountThroughNbdfuse is the portable attach chain: nbdfuse exposes
@@ -26,7 +28,7 @@ func TestMountThroughNbdfuse(t *testing.T) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skipf("needs FUSE for nbdfuse: %v", err)
 	}
-	requireLoop(t)
+	testutil.RequireLoop(t)
 	e := getEnv(t)
 	srv := e.startServer(t, serveOpts{})
 	dir := shortTempDir(t)
@@ -128,26 +130,5 @@ func startNbdfuse(t *testing.T, dir, uri string) string {
 		if time.Now().After(deadline) {
 			t.Fatalf("nbdfuse wrote no pid file within 30 s:\n%s", stderr.String())
 		}
-	}
-}
-
-// requireLoop skips the test if a loop device cannot be attached.
-func requireLoop(t *testing.T) {
-	t.Helper()
-	f, err := os.CreateTemp("", "slcprobe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(1 << 20); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "-r", "-f", "--show", f.Name()).CombinedOutput()
-	if err != nil {
-		t.Skipf("needs loop device support: losetup -r -f --show: %v: %s", err, bytes.TrimSpace(out))
-	}
-	if out, err := exec.Command("losetup", "-d", strings.TrimSpace(string(out))).CombinedOutput(); err != nil {
-		t.Fatalf("losetup -d: %v: %s", err, out)
 	}
 }
