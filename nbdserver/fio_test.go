@@ -1,9 +1,9 @@
 package nbdserver
 
 import (
-	"bytes"
-	"encoding/json"
 	"testing"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
 
 // TestFio runs fio's nbd engine against the server: a short random read job
@@ -15,40 +15,5 @@ func TestFio(t *testing.T) {
 	}
 	_, _, exports := toolExports(t)
 	sock, _ := serveUnix(t, newServer(t, exports))
-	jobs := []struct {
-		name string
-		args []string
-	}{
-		{"randread", []string{"--rw=randread", "--bs=4k", "--iodepth=16"}},
-		{"seqread", []string{"--rw=read", "--bs=1m", "--iodepth=4"}},
-	}
-	for _, job := range jobs {
-		t.Run(job.name, func(t *testing.T) {
-			args := append([]string{
-				"--name=" + job.name, "--ioengine=nbd", "--uri=" + nbdURI("img", sock),
-				"--readonly", "--time_based", "--runtime=2", "--output-format=json",
-			}, job.args...)
-			out := run(t, "fio", args...)
-			var res struct {
-				Jobs []struct {
-					Error int `json:"error"`
-					Read  struct {
-						IOBytes int64   `json:"io_bytes"`
-						IOPS    float64 `json:"iops"`
-					} `json:"read"`
-				} `json:"jobs"`
-			}
-			// The nbd engine prints a line of its own before the JSON.
-			if i := bytes.IndexByte(out, '{'); i > 0 {
-				out = out[i:]
-			}
-			if err := json.Unmarshal(out, &res); err != nil {
-				t.Fatalf("fio output: %v\n%s", err, out)
-			}
-			if len(res.Jobs) != 1 || res.Jobs[0].Error != 0 || res.Jobs[0].Read.IOBytes <= 0 {
-				t.Fatalf("fio %s: %+v\n%s", job.name, res, out)
-			}
-			t.Logf("fio %s: %d bytes read, %.0f IOPS", job.name, res.Jobs[0].Read.IOBytes, res.Jobs[0].Read.IOPS)
-		})
-	}
+	testutil.Fio(t, nbdURI("img", sock))
 }
