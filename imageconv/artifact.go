@@ -174,41 +174,29 @@ func push(ctx context.Context, repo name.Repository, b *built, o *options) error
 }
 
 // Lookup finds the sluice artifact of image (for a multi-platform image,
-// of the platform chosen by WithPlatforms, default linux/amd64) and fetches
-// and decodes its index. It returns ErrNoArtifact if there is none.
+// of the first platform given by WithPlatforms, default linux on this
+// machine's architecture) and fetches and decodes its index. It returns
+// ErrNoArtifact if there is none.
 func Lookup(ctx context.Context, image string, opts ...Option) (*Artifact, error) {
 	o := newOptions(opts)
-	ref, err := o.parse(image)
+	ref, desc, err := o.resolve(ctx, image)
 	if err != nil {
 		return nil, err
-	}
-	ropts := o.remoteOptions(ctx)
-	desc, err := remote.Get(ref, ropts...)
-	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", image, err)
 	}
 	subject := desc.Descriptor
 	platform := ""
 	if desc.MediaType.IsIndex() {
 		want := o.lookupPlatform()
-		idx, err := desc.ImageIndex()
+		im, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", image, err)
 		}
-		im, err := idx.IndexManifest()
-		if err != nil {
-			return nil, err
-		}
-		found := false
-		for _, m := range im.Manifests {
-			if m.Platform != nil && m.Platform.Satisfies(want) {
-				subject, platform, found = m, m.Platform.String(), true
-				break
-			}
-		}
-		if !found {
+		// The first manifest Convert would have converted for want.
+		ms := platformManifests(im, []v1.Platform{want})
+		if len(ms) == 0 {
 			return nil, fmt.Errorf("%s has no manifest for platform %s", image, want.String())
 		}
+		subject, platform = ms[0], ms[0].Platform.String()
 	}
 	return lookupSubject(ctx, ref.Context(), subject, platform, o)
 }

@@ -51,14 +51,9 @@ func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error
 	if err := ValidateChunkSize(o.chunkSize); err != nil {
 		return nil, err
 	}
-	ref, err := o.parse(image)
+	ref, desc, err := o.resolve(ctx, image)
 	if err != nil {
 		return nil, err
-	}
-	ropts := o.remoteOptions(ctx)
-	desc, err := remote.Get(ref, ropts...)
-	if err != nil {
-		return nil, fmt.Errorf("fetching %s: %w", image, err)
 	}
 	targets, err := selectTargets(desc, o)
 	if err != nil {
@@ -134,13 +129,7 @@ func selectTargets(desc *remote.Descriptor, o *options) ([]target, error) {
 		return nil, err
 	}
 	var ts []target
-	for _, m := range im.Manifests {
-		if !m.MediaType.IsImage() || m.Platform == nil || m.Platform.OS == "unknown" {
-			continue // nested indexes and attestations
-		}
-		if len(o.platforms) > 0 && !matchesAny(*m.Platform, o.platforms) {
-			continue
-		}
+	for _, m := range platformManifests(im, o.platforms) {
 		img, err := idx.Image(m.Digest)
 		if err != nil {
 			return nil, err
@@ -151,6 +140,24 @@ func selectTargets(desc *remote.Descriptor, o *options) ([]target, error) {
 		return nil, fmt.Errorf("the index has no image for the platforms asked for")
 	}
 	return ts, nil
+}
+
+// platformManifests returns the image manifests of an index that are for
+// one of the platforms want (any platform if want is empty), in index
+// order. Nested indexes and attestations (platform unknown/unknown) are
+// never converted, so they are left out.
+func platformManifests(im *v1.IndexManifest, want []v1.Platform) []v1.Descriptor {
+	var ms []v1.Descriptor
+	for _, m := range im.Manifests {
+		if !m.MediaType.IsImage() || m.Platform == nil || m.Platform.OS == "unknown" {
+			continue
+		}
+		if len(want) > 0 && !matchesAny(*m.Platform, want) {
+			continue
+		}
+		ms = append(ms, m)
+	}
+	return ms
 }
 
 func matchesAny(p v1.Platform, want []v1.Platform) bool {

@@ -99,6 +99,19 @@ func (o *options) parse(image string) (name.Reference, error) {
 	return ref, nil
 }
 
+// resolve parses image and fetches its manifest or index.
+func (o *options) resolve(ctx context.Context, image string) (name.Reference, *remote.Descriptor, error) {
+	ref, err := o.parse(image)
+	if err != nil {
+		return nil, nil, err
+	}
+	desc, err := remote.Get(ref, o.remoteOptions(ctx)...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fetching %s: %w", image, err)
+	}
+	return ref, desc, nil
+}
+
 func (o *options) remoteOptions(ctx context.Context) []remote.Option {
 	ro := []remote.Option{
 		remote.WithContext(ctx),

@@ -90,6 +90,36 @@ func TestConvertMultiPlatform(t *testing.T) {
 	}
 }
 
+// TestLookupSkipsNestedIndex: Lookup picks the manifest Convert converted,
+// not a nested index listed first for the same platform.
+func TestLookupSkipsNestedIndex(t *testing.T) {
+	host := testutil.Registry(t)
+	amd := platformImage(t, "amd64", "x86")
+	amdPlatform := &v1.Platform{OS: "linux", Architecture: "amd64"}
+	nested := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: amdPlatform}})
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: nested, Descriptor: v1.Descriptor{Platform: amdPlatform}},
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: amdPlatform}},
+	)
+	ref := host + "/nested:v1"
+	r, _ := name.ParseReference(ref, name.Insecure)
+	if err := remote.WriteIndex(r, idx); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rs, err := Convert(ctx, ref, WithPlainHTTP(), WithWorkDir(t.TempDir()))
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("Convert: %+v, %v", rs, err)
+	}
+	a, err := Lookup(ctx, ref, WithPlainHTTP(), WithPlatforms(*amdPlatform))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := amd.Digest(); a.Subject.Digest != d || a.Descriptor.Digest != rs[0].Artifact {
+		t.Errorf("Lookup found artifact %s of %s, want %s of the image manifest %s", a.Descriptor.Digest, a.Subject.Digest, rs[0].Artifact, d)
+	}
+}
+
 // TestConvertDockerConfigCredentials uses credentials from a docker config
 // file, as the default keychain finds them.
 func TestConvertDockerConfigCredentials(t *testing.T) {
