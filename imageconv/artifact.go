@@ -3,6 +3,8 @@ package imageconv
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,7 +35,18 @@ const (
 // ErrNoArtifact means the image has no sluice artifact.
 var ErrNoArtifact = errors.New("no sluice artifact")
 
-var emptyJSON = []byte("{}")
+// emptyJSON is the artifact's config blob, described by emptyConfig. The
+// config's media type is the artifact type too: registries that predate
+// OCI 1.1 report it as the referrer's artifactType.
+var (
+	emptyJSON   = []byte("{}")
+	emptyConfig = v1.Descriptor{MediaType: ArtifactType, Digest: sha256Of(emptyJSON), Size: int64(len(emptyJSON))}
+)
+
+func sha256Of(b []byte) v1.Hash {
+	sum := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
 
 // manifest is an OCI image manifest with the fields artifacts use; our own
 // struct so the serialisation (and so the digest) is ours to keep stable.
@@ -68,34 +81,27 @@ type Artifact struct {
 
 // built is one converted platform, ready to push.
 type built struct {
-	platform string
-	subject  v1.Descriptor
-	index    []byte
-	dataPath string
-	data     v1.Descriptor
-	manifest []byte
-	digest   v1.Hash
+	platform  string
+	subject   v1.Descriptor
+	index     []byte
+	indexDesc v1.Descriptor
+	dataPath  string
+	data      v1.Descriptor
+	manifest  []byte
+	digest    v1.Hash
 }
 
 func buildManifest(b *built, ix *Index) error {
-	indexDesc := v1.Descriptor{MediaType: IndexMediaType, Size: int64(len(b.index))}
-	h, _, err := v1.SHA256(bytes.NewReader(b.index))
-	if err != nil {
-		return err
-	}
-	indexDesc.Digest = h
-	emptyDigest, _, _ := v1.SHA256(bytes.NewReader(emptyJSON))
+	b.indexDesc = v1.Descriptor{MediaType: IndexMediaType, Size: int64(len(b.index)), Digest: sha256Of(b.index)}
 	subject := b.subject
 	subject.Annotations, subject.Platform, subject.URLs, subject.Data = nil, nil, nil, nil
 	m := manifest{
 		SchemaVersion: 2,
 		MediaType:     types.OCIManifestSchema1,
 		ArtifactType:  ArtifactType,
-		// The config's media type is the artifact type too: registries that
-		// predate OCI 1.1 report it as the referrer's artifactType.
-		Config:  v1.Descriptor{MediaType: ArtifactType, Digest: emptyDigest, Size: 2},
-		Layers:  []v1.Descriptor{indexDesc, b.data},
-		Subject: &subject,
+		Config:        emptyConfig,
+		Layers:        []v1.Descriptor{b.indexDesc, b.data},
+		Subject:       &subject,
 		Annotations: map[string]string{
 			AnnotationVersion:   strconv.Itoa(IndexVersion),
 			AnnotationImageSize: strconv.FormatInt(ix.ImageSize, 10),
@@ -109,9 +115,8 @@ func buildManifest(b *built, ix *Index) error {
 	if err != nil {
 		return err
 	}
-	b.manifest = raw
-	b.digest, _, err = v1.SHA256(bytes.NewReader(raw))
-	return err
+	b.manifest, b.digest = raw, sha256Of(raw)
+	return nil
 }
 
 // blob is a v1.Layer over bytes or a file, for remote.WriteLayer.
@@ -151,14 +156,9 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return types.OCIMani
 // manifest whose blobs are missing.
 func push(ctx context.Context, repo name.Repository, b *built, o *options) error {
 	ropts := o.remoteOptions(ctx)
-	emptyDigest, _, _ := v1.SHA256(bytes.NewReader(emptyJSON))
-	var m manifest
-	if err := json.Unmarshal(b.manifest, &m); err != nil {
-		return err
-	}
 	blobs := []*blob{
-		{desc: v1.Descriptor{MediaType: ArtifactType, Digest: emptyDigest, Size: 2}, bytes: emptyJSON},
-		{desc: m.Layers[0], bytes: b.index},
+		{desc: emptyConfig, bytes: emptyJSON},
+		{desc: b.indexDesc, bytes: b.index},
 		{desc: b.data, path: b.dataPath, ctx: ctx, p: o.progress},
 	}
 	o.progress.Phase("pushing "+b.platform, b.data.Size)

@@ -252,13 +252,7 @@ func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o
 	sum.ChunkSize = ix.ChunkSize
 	sum.Chunks = len(ix.Chunks)
 	sum.ZeroChunks = ix.ZeroChunks()
-	seen := map[uint64]bool{}
-	for _, c := range ix.Chunks {
-		if !c.Zero() {
-			seen[c.Offset] = true
-		}
-	}
-	sum.UniqueChunks = len(seen)
+	sum.UniqueChunks = len(cw.seen) // each distinct digest is stored once
 	return b, sum, nil
 }
 

@@ -32,6 +32,16 @@ func TestConvertExportRoundTrip(t *testing.T) {
 	if a.Descriptor.Digest != r1.Artifact || a.Index.ImageSize != r1.Summary.ImageSize {
 		t.Fatalf("lookup found %s (%d bytes), converted %s", a.Descriptor.Digest, a.Index.ImageSize, r1.Artifact)
 	}
+	// The summary counts what the index holds.
+	distinct := map[[32]byte]bool{}
+	for _, c := range a.Index.Chunks {
+		if !c.Zero() {
+			distinct[c.Digest] = true
+		}
+	}
+	if s := r1.Summary; s.Chunks != len(a.Index.Chunks) || s.ZeroChunks != a.Index.ZeroChunks() || s.UniqueChunks != len(distinct) {
+		t.Errorf("summary %+v; the index has %d chunks, %d all-zero, %d distinct", s, len(a.Index.Chunks), a.Index.ZeroChunks(), len(distinct))
+	}
 	out := filepath.Join(t.TempDir(), "rootfs.ext4")
 	if err := Export(context.Background(), ref, out, WithPlainHTTP()); err != nil {
 		t.Fatal(err)
