@@ -120,6 +120,29 @@ func (f *fixture) imageMount(img *testImage) string {
 	return filepath.Join(f.sn.imageDir(st.Key()), "mnt")
 }
 
+// runContainer unpacks image A, prepares the snapshot "container" on it and
+// mounts that at the returned rootfs until the test ends, as a running
+// container would.
+func (f *fixture) runContainer(t *testing.T) string {
+	t.Helper()
+	if err := unpack(t, f.ctx, f.sn, f.a, f.blobsA); err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := f.sn.Prepare(f.ctx, "container", f.a.chain[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(tempDir(t), "rootfs")
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := mount.All(mounts, target); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.UnmountAll(target, 0) })
+	return target
+}
+
 func checkTree(t *testing.T, what string, got, want map[string]string) {
 	t.Helper()
 	if diffs := diffTrees(got, want); len(diffs) > 0 {
@@ -385,19 +408,7 @@ func TestRemoteAttachFailureFallsBack(t *testing.T) {
 // leaves nothing.
 func TestRemoteRestart(t *testing.T) {
 	f := newFixture(t)
-	if err := unpack(t, f.ctx, f.sn, f.a, f.blobsA); err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := f.sn.Prepare(f.ctx, "container", f.a.chain[2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := filepath.Join(tempDir(t), "rootfs")
-	os.Mkdir(target, 0o755)
-	if err := mount.All(mounts, target); err != nil {
-		t.Fatal(err)
-	}
-	defer mount.UnmountAll(target, 0)
+	target := f.runContainer(t)
 	readFile(t, filepath.Join(target, "app/a"))
 
 	// The agent stops: the snapshotter is closed, the server goes.
@@ -509,19 +520,7 @@ func TestUpdateKeepsPlaceholderLabels(t *testing.T) {
 // containers; the old device is detached once its last user is gone.
 func TestRemoteRestartDeadDevice(t *testing.T) {
 	f := newFixture(t)
-	if err := unpack(t, f.ctx, f.sn, f.a, f.blobsA); err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := f.sn.Prepare(f.ctx, "container", f.a.chain[2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := filepath.Join(tempDir(t), "rootfs")
-	os.Mkdir(target, 0o755)
-	if err := mount.All(mounts, target); err != nil {
-		t.Fatal(err)
-	}
-	defer mount.UnmountAll(target, 0)
+	target := f.runContainer(t)
 	if err := f.sn.Close(); err != nil {
 		t.Fatal(err)
 	}
