@@ -15,11 +15,8 @@ func isMountPoint(path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
-	if err != nil {
-		return false, fmt.Errorf("reading mountinfo: %w", err)
-	}
-	return len(mounts) > 0, nil
+	points, err := mountPoints(mountinfo.SingleEntryFilter(path))
+	return len(points) > 0, err
 }
 
 // mountsUnder lists the mount points at or below dir.
@@ -28,15 +25,7 @@ func mountsUnder(dir string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return nil, fmt.Errorf("reading mountinfo: %w", err)
-	}
-	var points []string
-	for _, m := range mounts {
-		points = append(points, m.Mountpoint)
-	}
-	return points, nil
+	return mountPoints(mountinfo.PrefixFilter(dir))
 }
 
 // unmountIfMounted unmounts path, and any mounts stacked on it, if it is a
@@ -56,9 +45,15 @@ func unmountIfMounted(path string) error {
 
 // mountedFrom returns the mount points whose source is the device dev.
 func mountedFrom(dev string) ([]string, error) {
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+	return mountPoints(func(m *mountinfo.Info) (skip, stop bool) {
 		return m.Source != dev, false
 	})
+}
+
+// mountPoints returns the mount points of the mounts filter keeps, from
+// /proc/self/mountinfo.
+func mountPoints(filter mountinfo.FilterFunc) ([]string, error) {
+	mounts, err := mountinfo.GetMounts(filter)
 	if err != nil {
 		return nil, fmt.Errorf("reading mountinfo: %w", err)
 	}
