@@ -55,13 +55,6 @@ func placeholderOf(labels map[string]string) (p placeholder, ok bool) {
 	}, true
 }
 
-// needsImage reports whether a snapshot with these labels keeps the image
-// mount of key in use.
-func needsImage(labels map[string]string, key string) bool {
-	p, ok := placeholderOf(labels)
-	return ok && !p.materialized && p.key == key
-}
-
 func (p placeholder) labels() map[string]string {
 	kind := placeholderLayer
 	if p.image {
