@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -89,7 +90,7 @@ func writeChunks(ix *Index, r io.Reader, w io.WriterAt) error {
 		if _, err := io.CopyN(io.Discard, r, int64(off-pos)); err != nil {
 			return err
 		}
-		comp = append(comp[:0], make([]byte, first.Length)...)
+		comp = slices.Grow(comp[:0], int(first.Length))[:first.Length]
 		if _, err := io.ReadFull(r, comp); err != nil {
 			return fmt.Errorf("reading chunk at %d: %w", off, err)
 		}
