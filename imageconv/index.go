@@ -150,7 +150,7 @@ func ParseIndex(b []byte) (*Index, error) {
 	if table := uint64(len(b) - indexHeaderSize); table%indexEntrySize != 0 || count != table/indexEntrySize {
 		return nil, fmt.Errorf("%w: the header says %d chunks, the table has %d bytes of %d-byte entries", ErrBadIndex, count, len(b)-indexHeaderSize, indexEntrySize)
 	}
-	if !allZero(b[48:indexHeaderSize]) {
+	if !isZero(b[48:indexHeaderSize]) {
 		return nil, fmt.Errorf("%w: reserved header bytes are not zero", ErrBadIndex)
 	}
 	ix := &Index{ImageSize: int64(imageSize), ChunkSize: int64(chunkSize), DataSize: int64(dataSize)}
@@ -161,7 +161,7 @@ func ParseIndex(b []byte) (*Index, error) {
 		copy(c.Digest[:], e[:32])
 		c.Offset = le.Uint64(e[32:])
 		c.Length = le.Uint32(e[40:])
-		if !allZero(e[44:indexEntrySize]) {
+		if !isZero(e[44:indexEntrySize]) {
 			return nil, fmt.Errorf("%w: reserved bytes of chunk %d are not zero", ErrBadIndex, i)
 		}
 	}
@@ -199,13 +199,4 @@ func (ix *Index) validate() error {
 		}
 	}
 	return nil
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
