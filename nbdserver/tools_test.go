@@ -5,43 +5,13 @@ package nbdserver
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
-
-type nbdinfoExport struct {
-	Name          string `json:"export-name"`
-	Description   string `json:"description"`
-	ReadOnly      bool   `json:"is_read_only"`
-	CanFlush      bool   `json:"can_flush"`
-	CanMultiConn  bool   `json:"can_multi_conn"`
-	CanTrim       bool   `json:"can_trim"`
-	CanZero       bool   `json:"can_zero"`
-	BlockMin      int64  `json:"block_size_minimum"`
-	BlockPref     int64  `json:"block_size_preferred"`
-	BlockMax      int64  `json:"block_size_maximum"`
-	Size          int64  `json:"export-size"`
-	ProtocolNotes string `json:"-"`
-}
-
-type nbdinfoOutput struct {
-	Protocol   string          `json:"protocol"`
-	Structured bool            `json:"structured"`
-	Exports    []nbdinfoExport `json:"exports"`
-}
-
-func nbdinfo(t *testing.T, args ...string) nbdinfoOutput {
-	t.Helper()
-	out := run(t, "nbdinfo", append([]string{"--json"}, args...)...)
-	var info nbdinfoOutput
-	if err := json.Unmarshal(out, &info); err != nil {
-		t.Fatalf("nbdinfo output: %v\n%s", err, out)
-	}
-	return info
-}
 
 func toolExports(t *testing.T) ([]byte, string, []Export) {
 	dir := t.TempDir()
@@ -58,7 +28,7 @@ func TestNbdinfo(t *testing.T) {
 	data, _, exports := toolExports(t)
 	sock, _ := serveUnix(t, newServer(t, exports))
 
-	check := func(t *testing.T, e nbdinfoExport, name, desc string, size int64) {
+	check := func(t *testing.T, e testutil.NBDInfoExport, name, desc string, size int64) {
 		t.Helper()
 		if e.Name != name || e.Description != desc || e.Size != size {
 			t.Errorf("export %q %q size %d, want %q %q size %d", e.Name, e.Description, e.Size, name, desc, size)
@@ -72,7 +42,7 @@ func TestNbdinfo(t *testing.T) {
 	}
 
 	for _, name := range []string{"img", ""} {
-		info := nbdinfo(t, nbdURI(name, sock))
+		info := testutil.NBDInfo(t, nbdURI(name, sock))
 		if info.Protocol != "newstyle-fixed" || info.Structured || len(info.Exports) != 1 {
 			t.Fatalf("nbdinfo %q: %+v", name, info)
 		}
@@ -80,7 +50,7 @@ func TestNbdinfo(t *testing.T) {
 		check(t, info.Exports[0], "img", "a test image", int64(len(data)))
 	}
 
-	info := nbdinfo(t, "--list", nbdURI("", sock))
+	info := testutil.NBDInfo(t, "--list", nbdURI("", sock))
 	if len(info.Exports) != 2 {
 		t.Fatalf("nbdinfo --list: %d exports, want 2: %+v", len(info.Exports), info)
 	}

@@ -1,6 +1,7 @@
 // Package testutil holds helpers that the tests of several sluice packages
-// share: an in-process registry, fio's NBD jobs, probes that skip a test
-// when the machine cannot run it.
+// share: an in-process registry, NBD clients (nbdinfo, fio's nbd engine)
+// with their output decoded, probes that skip a test when the machine
+// cannot run it.
 //
 // It is for tests only: no non-test code may import it. It lives at the
 // module root, not under test/internal, so that the unit tests of imageconv,

@@ -2,7 +2,6 @@ package serve
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -11,36 +10,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-project/sluice/internal/testutil"
 )
-
-type nbdinfoExport struct {
-	Name        string `json:"export-name"`
-	Description string `json:"description"`
-	ReadOnly    bool   `json:"is_read_only"`
-	BlockMin    int64  `json:"block_size_minimum"`
-	BlockPref   int64  `json:"block_size_preferred"`
-	BlockMax    int64  `json:"block_size_maximum"`
-	Size        int64  `json:"export-size"`
-}
-
-type nbdinfoOutput struct {
-	Protocol string          `json:"protocol"`
-	Exports  []nbdinfoExport `json:"exports"`
-}
-
-func nbdinfo(t *testing.T, args ...string) nbdinfoOutput {
-	t.Helper()
-	out := mustRun(t, time.Minute, "nbdinfo", append([]string{"--json"}, args...)...)
-	var info nbdinfoOutput
-	if err := json.Unmarshal(out, &info); err != nil {
-		t.Fatalf("nbdinfo output: %v\n%s", err, out)
-	}
-	return info
-}
 
 // checkExport checks what acceptance 1 asks of every export: read-only,
 // the ext4 image's size, the block sizes.
-func (e *env) checkExport(t *testing.T, what string, x nbdinfoExport, name string) {
+func (e *env) checkExport(t *testing.T, what string, x testutil.NBDInfoExport, name string) {
 	t.Helper()
 	if x.Name != name {
 		t.Errorf("%s: export name %q, want %q", what, x.Name, name)
@@ -75,7 +51,7 @@ func TestNbdinfo(t *testing.T) {
 		t.Errorf("socket %s has mode %v, want a socket with 0600", srv.sock, fi.Mode())
 	}
 
-	list := nbdinfo(t, "--list", srv.uri(""))
+	list := testutil.NBDInfo(t, "--list", srv.uri(""))
 	if len(list.Exports) != 2 {
 		t.Fatalf("nbdinfo --list: %d exports, want 2: %+v", len(list.Exports), list)
 	}
@@ -89,7 +65,7 @@ func TestNbdinfo(t *testing.T) {
 		{"default export over TCP", fmt.Sprintf("nbd://127.0.0.1:%d", port), e.image},
 		{"export by tag over TCP", fmt.Sprintf("nbd://127.0.0.1:%d/%s", port, e.image), e.image},
 	} {
-		info := nbdinfo(t, c.uri)
+		info := testutil.NBDInfo(t, c.uri)
 		if info.Protocol != "newstyle-fixed" || len(info.Exports) != 1 {
 			t.Errorf("nbdinfo %s: %+v", c.uri, info)
 			continue

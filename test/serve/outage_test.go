@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-project/sluice/internal/testutil"
 	"github.com/sluice-project/sluice/test/internal/faultproxy"
 )
 
@@ -107,7 +108,7 @@ func TestOneServerPerSocketAndCache(t *testing.T) {
 	if _, err := os.Lstat(srv.sock); err != nil {
 		t.Fatalf("the first server's socket: %v", err)
 	}
-	info := nbdinfo(t, srv.uri(""))
+	info := testutil.NBDInfo(t, srv.uri(""))
 	if len(info.Exports) != 1 || info.Exports[0].Name != e.image {
 		t.Errorf("the first server after the refused starts: %+v", info)
 	}

@@ -1,0 +1,54 @@
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// NBDInfoExport is one export as `nbdinfo --json` describes it.
+type NBDInfoExport struct {
+	Name         string `json:"export-name"`
+	Description  string `json:"description"`
+	ReadOnly     bool   `json:"is_read_only"`
+	CanFlush     bool   `json:"can_flush"`
+	CanMultiConn bool   `json:"can_multi_conn"`
+	CanTrim      bool   `json:"can_trim"`
+	CanZero      bool   `json:"can_zero"`
+	BlockMin     int64  `json:"block_size_minimum"`
+	BlockPref    int64  `json:"block_size_preferred"`
+	BlockMax     int64  `json:"block_size_maximum"`
+	Size         int64  `json:"export-size"`
+}
+
+// NBDInfoOutput is what `nbdinfo --json` prints.
+type NBDInfoOutput struct {
+	Protocol   string          `json:"protocol"`
+	Structured bool            `json:"structured"`
+	Exports    []NBDInfoExport `json:"exports"`
+}
+
+// NBDInfo runs `nbdinfo --json` with args (an NBD URI, after --list for
+// every export) and decodes what it prints; the test fails if nbdinfo
+// does. Callers skip the test first if nbdinfo is not installed.
+func NBDInfo(t testing.TB, args ...string) NBDInfoOutput {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	args = append([]string{"--json"}, args...)
+	cmd := exec.CommandContext(ctx, "nbdinfo", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("nbdinfo %q: %v\n%s", args, err, stderr.Bytes())
+	}
+	var info NBDInfoOutput
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("nbdinfo output: %v\n%s", err, out)
+	}
+	return info
+}
