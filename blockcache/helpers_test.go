@@ -161,7 +161,6 @@ type env struct {
 	t      *testing.T
 	f      *fixture
 	faults *faultHandler
-	srv    *httptest.Server
 	art    *imageconv.Artifact
 	store  *Store
 }
@@ -171,10 +170,8 @@ func newEnv(t *testing.T) *env {
 	f := getFixture(t)
 	e := &env{t: t, f: f}
 	e.faults = &faultHandler{next: f.reg, blobPath: "/v2/" + f.repo + "/blobs/" + f.art.Data.Digest.String()}
-	e.srv = httptest.NewServer(e.faults)
-	t.Cleanup(e.srv.Close)
 	art := *f.art
-	repo, err := name.NewRepository(strings.TrimPrefix(e.srv.URL, "http://")+"/"+f.repo, name.Insecure)
+	repo, err := name.NewRepository(testutil.Serve(t, e.faults)+"/"+f.repo, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
