@@ -2,11 +2,8 @@ package testutil
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"os/exec"
 	"testing"
-	"time"
 )
 
 // Fio runs fio's nbd engine read-only against the NBD URI uri, one subtest
@@ -27,15 +24,7 @@ func Fio(t *testing.T, uri string) {
 				"--name=" + job.name, "--ioengine=nbd", "--uri=" + uri,
 				"--readonly", "--time_based", "--runtime=2", "--output-format=json",
 			}, job.args...)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, "fio", args...)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("fio %q: %v\n%s", args, err, stderr.Bytes())
-			}
+			out := runTool(t, "fio", args...)
 			var res struct {
 				Jobs []struct {
 					Error int `json:"error"`

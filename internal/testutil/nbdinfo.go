@@ -1,12 +1,8 @@
 package testutil
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"os/exec"
 	"testing"
-	"time"
 )
 
 // NBDInfoExport is one export as `nbdinfo --json` describes it.
@@ -36,16 +32,7 @@ type NBDInfoOutput struct {
 // does. Callers skip the test first if nbdinfo is not installed.
 func NBDInfo(t testing.TB, args ...string) NBDInfoOutput {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	args = append([]string{"--json"}, args...)
-	cmd := exec.CommandContext(ctx, "nbdinfo", args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("nbdinfo %q: %v\n%s", args, err, stderr.Bytes())
-	}
+	out := runTool(t, "nbdinfo", append([]string{"--json"}, args...)...)
 	var info NBDInfoOutput
 	if err := json.Unmarshal(out, &info); err != nil {
 		t.Fatalf("nbdinfo output: %v\n%s", err, out)
