@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluice-project/sluice/internal/testutil"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 func TestConvertExportRoundTrip(t *testing.T) {

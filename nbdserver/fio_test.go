@@ -3,7 +3,7 @@ package nbdserver
 import (
 	"testing"
 
-	"github.com/sluice-project/sluice/internal/testutil"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestFio runs fio's nbd engine against the server: a short random read job

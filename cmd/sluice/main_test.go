@@ -14,7 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/sluice-project/sluice/internal/testutil"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // run executes the CLI with args, with temporary files going to tmp.

@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-project/sluice/imageconv"
-	"github.com/sluice-project/sluice/internal/testutil"
+	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/internal/imagebuild"
 	"github.com/sluice-project/sluice/test/internal/treecmp"
 )

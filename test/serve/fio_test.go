@@ -3,7 +3,7 @@ package serve
 import (
 	"testing"
 
-	"github.com/sluice-project/sluice/internal/testutil"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestFio runs fio's nbd engine against the export, starting from a cold

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-project/sluice/internal/testutil"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestMountThroughNbdfuse is the portable attach chain: nbdfuse exposes

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-project/sluice/internal/testutil"
+	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/internal/faultproxy"
 )
 

@@ -3,7 +3,7 @@
 // with their output decoded, probes that skip a test when the machine
 // cannot run it.
 //
-// It is for tests only: no non-test code may import it. It lives at the
-// module root, not under test/internal, so that the unit tests of imageconv,
-// blockcache, nbdserver and cmd can use it as well as the end-to-end tests.
+// It is for tests only: no non-test code may import it. It is not under
+// test/internal, so that the unit tests of imageconv, blockcache, nbdserver
+// and cmd can use it as well as the end-to-end tests under test/.
 package testutil
