@@ -34,6 +34,8 @@ type agent struct {
 	rpc   *grpc.Server
 	web   *http.Server
 
+	metricsAddr string // where /metrics listens, once started
+
 	health    health
 	stopNBD   context.CancelFunc
 	serving   sync.WaitGroup
@@ -119,6 +121,7 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("metrics_address: %w", err)
 		}
+		a.metricsAddr = ml.Addr().String()
 		a.web = &http.Server{Handler: a.metricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 		a.goServe("metrics", func() error { return a.web.Serve(ml) })
 	}
