@@ -574,3 +574,23 @@ func errorContains(t *testing.T, what string, err error, parts ...string) {
 		}
 	}
 }
+
+func imageconvKeychain(k authn.Keychain) imageconv.Option { return imageconv.WithKeychain(k) }
+
+// resolveUser returns the user name k gives for registry ("" if none).
+func resolveUser(t *testing.T, k authn.Keychain, registry string) string {
+	t.Helper()
+	reg, err := name.NewRegistry(registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := k.Resolve(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := a.Authorization()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg.Username
+}
