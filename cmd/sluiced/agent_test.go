@@ -263,3 +263,37 @@ func TestAgentSockets(t *testing.T) {
 		t.Errorf("Stat on the first agent after a second one was refused: %v", err)
 	}
 }
+
+// TestAgentSharedBaseMaterialized: a streamed image leaves a placeholder
+// for its base layer; an unconverted image on the same base is unpacked on
+// top of it, so the agent fetches the base layer from the registry
+// (FetchLayer) to fill the placeholder, and the second image's rootfs is
+// whole.
+func TestAgentSharedBaseMaterialized(t *testing.T) {
+	requirePortable(t)
+	ctx := testContext()
+	reg := newTestRegistry(t, nil)
+	streamed := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
+	convert(t, streamed)
+	other := pushImage(t, reg, "other:v1", nil, baseLayer, layerSpec{"other/": "", "other/file": "other\n"})
+	if streamed.chain[0] != other.chain[0] {
+		t.Fatal("the images do not share their base layer")
+	}
+	a := mustStartAgent(t, tempDir(t), func(c *Config) { c.PlainHTTP = []string{reg.host} })
+	sn := a.client(t)
+	if applied, err := unpack(t, ctx, sn, streamed); err != nil || applied != 0 {
+		t.Fatalf("streamed image: %d layers applied, %v", applied, err)
+	}
+	if applied, err := unpack(t, ctx, sn, other); err != nil || applied != 1 {
+		t.Fatalf("unconverted image on the shared base: %d layers applied, %v; want its own layer only", applied, err)
+	}
+	mounts, err := sn.Prepare(ctx, "container", other.chain[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRootfs(t, ctx, mounts, other.files)
+	if got := a.metric(t, `sluice_materializations_total`); got != 1 {
+		t.Errorf("materializations_total = %v, want 1", got)
+	}
+	removeAll(t, ctx, sn)
+}
