@@ -101,7 +101,7 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		log.Info().Str("credentials_file", cfg.CredentialsFile).Bool("present", present).
 			Msg("registry credentials: node file, then docker config and credential helpers")
 	}
-	a.src = newRegistrySource(ctx, a.store, a.nbd, cfg.NBDSocket, keychain, cfg.PlainHTTP, imageOpts...)
+	a.src = newRegistrySource(ctx, a.store, a.nbd, cfg.NBDSocket, filepath.Join(cfg.Root, "artifacts"), keychain, cfg.PlainHTTP, imageOpts...)
 
 	a.sn, err = snapshot.New(ctx, cfg.Root, a.src, att, snapshot.WithPolicy(policy))
 	if err != nil {
@@ -181,6 +181,7 @@ func (a *agent) close() error {
 			cancel()
 		}
 		if a.sn != nil {
+			a.src.closing.Store(true)
 			errs = append(errs, a.sn.Close())
 		}
 		if a.stopNBD != nil {
