@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -202,18 +203,18 @@ func (a *agent) close() error {
 // selectAttacher picks how exports become block devices and logs why.
 func selectAttacher(ctx context.Context, cfg Config) (snapshot.Attacher, error) {
 	portable := snapshot.NewPortableAttacher(filepath.Join(cfg.Root, "devices"))
-	var why string
-	switch cfg.Attacher {
-	case "kernel":
+	if cfg.Attacher == "kernel" {
 		return nil, errors.New(`attacher: "kernel" is not built yet (the kernel nbd attacher comes in a later release); use "auto" or "portable"`)
-	case "auto":
-		why = "kernel attacher not built in this release; "
 	}
 	att, reason, err := snapshot.SelectAttacher(ctx, portable)
 	if err != nil {
 		return nil, fmt.Errorf("attacher %q: %s: %w", cfg.Attacher, reason, err)
 	}
-	zerolog.Ctx(ctx).Info().Str("attacher", att.Name()).Str("configured", cfg.Attacher).Msg(why + reason)
+	if cfg.Attacher == "auto" {
+		// The kernel attacher would come first; say why it did not.
+		reason = "kernel attacher not built in this release; " + strings.Replace(reason, "(first choice, available)", "(available)", 1)
+	}
+	zerolog.Ctx(ctx).Info().Str("attacher", att.Name()).Str("configured", cfg.Attacher).Msg(reason)
 	return att, nil
 }
 

@@ -224,8 +224,8 @@ func TestAgentHealthz(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz: %d", resp.StatusCode)
 	}
-	if !strings.Contains(a.logs.String(), "using portable attacher") {
-		t.Error("the attacher choice is not logged")
+	if !strings.Contains(a.logs.String(), "kernel attacher not built in this release; using portable attacher") {
+		t.Error("the attacher choice is not logged with its reason")
 	}
 	for _, p := range []string{a.cfg.Address, a.cfg.NBDSocket} {
 		fi, err := os.Stat(p)
