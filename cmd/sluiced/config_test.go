@@ -72,3 +72,14 @@ func TestConfigOverrides(t *testing.T) {
 		t.Errorf("got %+v", c)
 	}
 }
+
+func TestMissingDefaultConfigMeansDefaults(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "config.toml")
+	c, err := (&flags{config: missing}).load()
+	if err != nil || c.Root != defaultConfig().Root || c.Cache.size != 10<<30 {
+		t.Errorf("no --config and no default file: %+v, %v; want the defaults", c, err)
+	}
+	if _, err := (&flags{config: missing, configSet: true}).load(); err == nil {
+		t.Error("a missing file given with --config was accepted")
+	}
+}
