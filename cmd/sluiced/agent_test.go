@@ -97,9 +97,7 @@ func TestAgentStreamsConvertedImage(t *testing.T) {
 	if err := a.close(); err != nil {
 		t.Fatal(err)
 	}
-	if left := mountsUnder(a.dir); len(left) != 0 {
-		t.Errorf("mounts left behind: %v", left)
-	}
+	assertNoLeaks(t, a.dir)
 }
 
 // TestAgentFallsBackForUnconvertedImage: an image without an artifact is
@@ -296,4 +294,8 @@ func TestAgentSharedBaseMaterialized(t *testing.T) {
 		t.Errorf("materializations_total = %v, want 1", got)
 	}
 	removeAll(t, ctx, sn)
+	if err := a.close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeaks(t, a.dir)
 }

@@ -112,6 +112,37 @@ func mountsUnder(dir string) []string {
 	return points
 }
 
+// assertNoLeaks fails if mounts, loop devices or nbdfuse/nbdkit processes
+// referring to dir remain (processes get a few seconds to exit).
+func assertNoLeaks(t *testing.T, dir string) {
+	t.Helper()
+	var left []string
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		left = mountsUnder(dir)
+		out, _ := exec.Command("losetup", "-a").Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, dir) {
+				left = append(left, "loop "+line)
+			}
+		}
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			b, _ := os.ReadFile(p)
+			args := strings.Split(string(b), "\x00")
+			if n := filepath.Base(args[0]); (n == "nbdfuse" || n == "nbdkit") && strings.Contains(string(b), dir) {
+				left = append(left, "process "+strings.Join(args, " "))
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, l := range left {
+		t.Errorf("left behind: %s", l)
+	}
+}
+
 // logBuffer collects an agent's log lines for assertions and mirrors them
 // to the test's log.
 type logBuffer struct {

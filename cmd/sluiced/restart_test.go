@@ -63,9 +63,7 @@ func TestAgentRestartKeepsMounts(t *testing.T) {
 	if err := b.close(); err != nil {
 		t.Fatal(err)
 	}
-	if left := mountsUnder(dir); len(left) != 0 {
-		t.Errorf("mounts left behind: %v", left)
-	}
+	assertNoLeaks(t, dir)
 }
 
 // TestAgentRestartWithRegistryDown: the image is fully cached, the agent
@@ -131,4 +129,8 @@ func TestAgentRestartWithRegistryDown(t *testing.T) {
 	if memos, _ := filepath.Glob(filepath.Join(dir, "root", "artifacts", "*")); len(memos) != 0 {
 		t.Errorf("artifact memos left after the image is gone: %v", memos)
 	}
+	if err := b.close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeaks(t, dir)
 }
