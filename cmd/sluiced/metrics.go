@@ -44,6 +44,20 @@ func (t *imageTotals) add(s blockcache.Stats) {
 	t.faultSum += s.FaultLatency.Sum.Seconds()
 }
 
+// faultBuckets turns the fault latency counts into Prometheus buckets:
+// upper bound in seconds -> cumulative count (+Inf is the total count).
+func (t *imageTotals) faultBuckets() map[float64]uint64 {
+	buckets := map[float64]uint64{}
+	var cum uint64
+	for i, b := range blockcache.FaultLatencyBounds {
+		if i < len(t.faultCounts) {
+			cum += t.faultCounts[i]
+		}
+		buckets[b.Seconds()] = cum
+	}
+	return buckets
+}
+
 // collector reads the agent's counters at scrape time: the snapshotter's,
 // the chunk store's and every image's.
 type collector struct {
@@ -119,15 +133,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReads, float64(totals.reads))
 	counter(descReadErrors, float64(totals.readErrors))
 	counter(descTimeouts, float64(totals.timeouts))
-	buckets := map[float64]uint64{}
-	var cum uint64
-	for i, b := range blockcache.FaultLatencyBounds {
-		if i < len(totals.faultCounts) {
-			cum += totals.faultCounts[i]
-		}
-		buckets[b.Seconds()] = cum
-	}
-	ch <- prometheus.MustNewConstHistogram(descFault, totals.faultCount, totals.faultSum, buckets)
+	ch <- prometheus.MustNewConstHistogram(descFault, totals.faultCount, totals.faultSum, totals.faultBuckets())
 
 	st := c.a.sn.Stats()
 	gauge(descImageMounts, float64(st.Images))
