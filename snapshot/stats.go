@@ -20,6 +20,9 @@ type Stats struct {
 	Materialized uint64
 	// MaterializeFailures counts attempts that failed.
 	MaterializeFailures uint64
+	// AttachErrors counts devices that could not be attached to an export
+	// or adopted; MountErrors image mounts that failed on an attached device.
+	AttachErrors, MountErrors uint64
 }
 
 type counters struct {
@@ -29,6 +32,8 @@ type counters struct {
 	refused             map[string]uint64
 	materialized        uint64
 	materializeFailures uint64
+	attachErrors        uint64
+	mountErrors         uint64
 }
 
 func (c *counters) add(f func(*counters)) {
@@ -50,6 +55,8 @@ func (s *Snapshotter) Stats() Stats {
 		Refused:             maps.Clone(s.stats.refused),
 		Materialized:        s.stats.materialized,
 		MaterializeFailures: s.stats.materializeFailures,
+		AttachErrors:        s.stats.attachErrors,
+		MountErrors:         s.stats.mountErrors,
 	}
 	s.stats.mu.Unlock()
 	if st.Fallbacks == nil {
@@ -66,9 +73,10 @@ func (s *Snapshotter) Stats() Stats {
 	return st
 }
 
-// decisionCache remembers, per manifest digest, why an image is not
-// streamed, for ttl: its other layers then skip Resolve, and the image is
-// logged and counted once per pull.
+// decisionCache remembers, per image (reference and manifest digest: one
+// manifest may be in several repositories, converted in some only), why it
+// is not streamed, for ttl: its other layers then skip Resolve, and the
+// image is logged and counted once per pull.
 type decisionCache struct {
 	ttl time.Duration
 	mu  sync.Mutex
