@@ -57,9 +57,10 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	}()
 	// Sockets first: another live agent is the most likely trouble and
 	// this says so plainly.
-	for field, path := range map[string]string{"address": cfg.Address, "nbd_socket": cfg.NBDSocket} {
-		if err := claimSocket(log, path); err != nil {
-			return nil, fmt.Errorf("%s: %w", field, err)
+	// In a fixed order, so the error names the same field every time.
+	for _, s := range []struct{ field, path string }{{"address", cfg.Address}, {"nbd_socket", cfg.NBDSocket}} {
+		if err := claimSocket(log, s.path); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.field, err)
 		}
 	}
 
