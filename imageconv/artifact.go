@@ -213,6 +213,22 @@ func Lookup(ctx context.Context, image string, opts ...Option) (*Artifact, error
 	return lookupSubject(ctx, ref.Context(), subject, platform, o)
 }
 
+// LookupManifest finds the sluice artifact of one platform manifest of
+// image's repository, given by digest (as containerd's CRI labels give it),
+// without resolving image's tag or index. Errors are those of Lookup.
+func LookupManifest(ctx context.Context, image, manifestDigest string, opts ...Option) (*Artifact, error) {
+	o := newOptions(opts)
+	ref, err := o.parse(image)
+	if err != nil {
+		return nil, err
+	}
+	h, err := v1.NewHash(manifestDigest)
+	if err != nil {
+		return nil, fmt.Errorf("manifest digest %q of %s: %w", manifestDigest, image, err)
+	}
+	return lookupSubject(ctx, ref.Context(), v1.Descriptor{Digest: h}, "", o)
+}
+
 func lookupSubject(ctx context.Context, repo name.Repository, subject v1.Descriptor, platform string, o *options) (*Artifact, error) {
 	ropts := o.remoteOptions(ctx)
 	refs, err := remote.Referrers(repo.Digest(subject.Digest.String()), append(ropts, remote.WithFilter("artifactType", ArtifactType))...)

@@ -3,6 +3,7 @@ package imageconv
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -80,6 +81,20 @@ func TestConvertMultiPlatform(t *testing.T) {
 		if !strings.HasPrefix(a.Platform, want.platform) {
 			t.Errorf("%s: artifact says platform %q", want.platform, a.Platform)
 		}
+		// By manifest digest, as the agent looks it up from CRI's labels.
+		m, err := LookupManifest(ctx, ref, d.String(), WithPlainHTTP())
+		if err != nil {
+			t.Fatalf("%s: LookupManifest: %v", want.platform, err)
+		}
+		if m.Descriptor.Digest != a.Descriptor.Digest || m.Index.ImageSize != a.Index.ImageSize {
+			t.Errorf("%s: LookupManifest found %s, Lookup %s", want.platform, m.Descriptor.Digest, a.Descriptor.Digest)
+		}
+	}
+	if _, err := LookupManifest(ctx, ref, "sha256:"+strings.Repeat("0", 64), WithPlainHTTP()); !errors.Is(err, ErrNoArtifact) {
+		t.Errorf("LookupManifest of an unknown manifest: %v, want ErrNoArtifact", err)
+	}
+	if _, err := LookupManifest(ctx, ref, "sha256:nothex", WithPlainHTTP()); err == nil || !strings.Contains(err.Error(), "manifest digest") {
+		t.Errorf("LookupManifest of a malformed digest: %v", err)
 	}
 	if rs[0].Artifact == rs[1].Artifact {
 		t.Error("both platforms got the same artifact")

@@ -4,8 +4,9 @@
 //
 // Terms:
 //   - An export is a named, read-only array of bytes of a fixed size, served
-//     from a Backend. The first export given to New is also the default
-//     export, the one a client gets by asking for the empty name.
+//     from a Backend. Exports are given to New or added and removed while
+//     the server runs (Add, Remove). The first one still served is the
+//     default export, the one a client gets by asking for the empty name.
 //   - A block is the unit clients address: requests should be aligned to
 //     MinimumBlockSize and are most efficient at PreferredBlockSize (the
 //     4 KiB the kernel uses).

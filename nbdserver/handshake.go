@@ -23,7 +23,7 @@ type handshake struct {
 
 // run negotiates until the client picks an export (returned) or aborts
 // (nil export, nil error).
-func (h *handshake) run() (*Export, error) {
+func (h *handshake) run() (*export, error) {
 	if err := h.c.SetDeadline(time.Now().Add(h.s.opts.handshakeTimeout)); err != nil {
 		return nil, err
 	}
@@ -52,7 +52,7 @@ func (h *handshake) run() (*Export, error) {
 }
 
 // option reads and answers one option; done means negotiation is over.
-func (h *handshake) option() (exp *Export, done bool, err error) {
+func (h *handshake) option() (exp *export, done bool, err error) {
 	var hb [optionHeaderSize]byte
 	if _, err := io.ReadFull(h.r, hb[:]); err != nil {
 		if err == io.EOF {
@@ -112,7 +112,7 @@ func (h *handshake) option() (exp *Export, done bool, err error) {
 
 // exportName ends negotiation the old way: no error reply is possible, so an
 // unknown export hangs up.
-func (h *handshake) exportName(name string) (*Export, bool, error) {
+func (h *handshake) exportName(name string) (*export, bool, error) {
 	exp, ok := h.s.export(name)
 	if !ok {
 		return nil, false, fmt.Errorf("export %q: %w", name, ErrUnknownExport)
@@ -132,7 +132,7 @@ func (h *handshake) list(data []byte) error {
 	if len(data) != 0 {
 		return h.reply(protocol.NEGOTIATION_ID_OPTION_LIST, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 	}
-	for _, e := range h.s.exports {
+	for _, e := range h.s.Exports() {
 		p := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
 		p = append(p, e.Name...)
 		p = append(p, e.Description...)
@@ -145,7 +145,7 @@ func (h *handshake) list(data []byte) error {
 
 // info answers NBD_OPT_INFO and NBD_OPT_GO; it returns the export when the
 // reply ended in NBD_REP_ACK.
-func (h *handshake) info(id uint32, data []byte) (*Export, error) {
+func (h *handshake) info(id uint32, data []byte) (*export, error) {
 	// Data: u32 name length, name, u16 count, count x u16 info types.
 	if len(data) < 6 {
 		return nil, h.reply(id, repErrInvalid, []byte("option data too short"))

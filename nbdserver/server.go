@@ -37,7 +37,7 @@ type CachedReader interface {
 // Export is a named, read-only Backend.
 type Export struct {
 	// Name is what clients ask for (at most 4096 bytes); the first export
-	// of a Server also answers to the empty name.
+	// a Server serves (in the order added) also answers to the empty name.
 	Name string
 	// Description is shown to humans by tools such as nbdinfo.
 	Description string
@@ -45,60 +45,156 @@ type Export struct {
 }
 
 // Server serves exports over NBD. Its methods may be called concurrently, and
-// all connections share one buffer budget.
+// all connections share one buffer budget. Exports may be added and removed
+// while it serves (Add, Remove).
 type Server struct {
-	exports []Export
+	mu      sync.RWMutex
+	exports []*export // in the order added; the first is the default export
+
 	opts    *options
 	budget  *semaphore.Weighted
 	buffers bufferPool
 	nextID  atomic.Uint64
 }
 
+// export is an Export being served and the connections in transmission on
+// it, so that Remove can end them.
+type export struct {
+	Export
+	conns   map[net.Conn]struct{} // under Server.mu
+	active  sync.WaitGroup        // connections in transmission
+	removed bool                  // under Server.mu
+}
+
 // handshakeTimeout bounds option haggling, so a client that connects and
 // then says nothing does not hold a connection forever.
 const handshakeTimeout = time.Minute
 
-// New makes a Server for exports; the first one is the default export.
+// New makes a Server for exports; the first one is the default export. The
+// list may be empty: exports can be added later with Add.
 func New(exports []Export, opts ...Option) (*Server, error) {
 	o, err := newOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	if len(exports) == 0 {
-		return nil, errors.New("nbdserver: no exports")
+	s := &Server{
+		opts:   o,
+		budget: semaphore.NewWeighted(o.bufferBudget),
 	}
-	seen := make(map[string]bool, len(exports))
-	for i, e := range exports {
-		switch {
-		case e.Backend == nil:
-			return nil, fmt.Errorf("nbdserver: export %q: no backend", e.Name)
-		case len(e.Name) > maxNameLength || len(e.Description) > maxNameLength:
-			return nil, fmt.Errorf("nbdserver: export %d: name or description longer than %d bytes", i, maxNameLength)
-		case e.Backend.Size() < 0:
-			return nil, fmt.Errorf("nbdserver: export %q: negative size %d", e.Name, e.Backend.Size())
-		case seen[e.Name]:
-			return nil, fmt.Errorf("nbdserver: export %q: duplicate name", e.Name)
+	for _, e := range exports {
+		if err := s.Add(e); err != nil {
+			return nil, err
 		}
-		seen[e.Name] = true
 	}
-	return &Server{
-		exports: append([]Export(nil), exports...),
-		opts:    o,
-		budget:  semaphore.NewWeighted(o.bufferBudget),
-	}, nil
+	return s, nil
+}
+
+// Add serves e from now on; its name must not be in use. An export added to
+// a Server with no exports becomes its default export.
+func (s *Server) Add(e Export) error {
+	switch {
+	case e.Backend == nil:
+		return fmt.Errorf("nbdserver: export %q: no backend", e.Name)
+	case len(e.Name) > maxNameLength || len(e.Description) > maxNameLength:
+		return fmt.Errorf("nbdserver: export %.64q...: name or description longer than %d bytes", e.Name, maxNameLength)
+	case e.Backend.Size() < 0:
+		return fmt.Errorf("nbdserver: export %q: negative size %d", e.Name, e.Backend.Size())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, x := range s.exports {
+		if x.Name == e.Name {
+			return fmt.Errorf("nbdserver: export %q: duplicate name", e.Name)
+		}
+	}
+	s.exports = append(s.exports, &export{Export: e, conns: map[net.Conn]struct{}{}})
+	return nil
+}
+
+// Remove stops serving the named export: new handshakes asking for it fail
+// as for an unknown export, and the connections in transmission on it are
+// closed (requests not yet answered stay unanswered), so that the caller
+// can release its Backend. It waits until those connections' request loops
+// have ended, or until ctx is done. A ReadAt still running then (stuck on
+// its backend, or abandoned by WithReadTimeout) is not waited for: closing
+// the Backend must make such late calls fail, not crash. Remove returns an
+// error wrapping ErrUnknownExport if there is no such export.
+func (s *Server) Remove(ctx context.Context, name string) error {
+	s.mu.Lock()
+	var e *export
+	for i, x := range s.exports {
+		if x.Name == name {
+			e = x
+			s.exports = append(s.exports[:i:i], s.exports[i+1:]...)
+			break
+		}
+	}
+	if e == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("nbdserver: remove export %q: %w", name, ErrUnknownExport)
+	}
+	e.removed = true
+	for c := range e.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		e.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("nbdserver: remove export %q: waiting for its connections: %w", name, ctx.Err())
+	}
+}
+
+// Exports lists the exports being served, the default one first.
+func (s *Server) Exports() []Export {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	list := make([]Export, len(s.exports))
+	for i, e := range s.exports {
+		list[i] = e.Export
+	}
+	return list
 }
 
 // export finds an export by name; the empty name is the default export.
-func (s *Server) export(name string) (*Export, bool) {
-	if name == "" {
-		return &s.exports[0], true
+func (s *Server) export(name string) (*export, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if name == "" && len(s.exports) > 0 {
+		return s.exports[0], true
 	}
-	for i := range s.exports {
-		if s.exports[i].Name == name {
-			return &s.exports[i], true
+	for _, e := range s.exports {
+		if e.Name == name {
+			return e, true
 		}
 	}
 	return nil, false
+}
+
+// join records c as in transmission on e; it is false when e was removed
+// since the handshake found it. leave undoes it.
+func (s *Server) join(e *export, c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.removed {
+		return false
+	}
+	e.conns[c] = struct{}{}
+	e.active.Add(1)
+	return true
+}
+
+func (s *Server) leave(e *export, c net.Conn) {
+	s.mu.Lock()
+	delete(e.conns, c)
+	s.mu.Unlock()
+	e.active.Done()
 }
 
 func (s *Server) logger(ctx context.Context) zerolog.Logger {
@@ -171,8 +267,12 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	if exp == nil {
 		return nil
 	}
+	if !s.join(exp, c) {
+		return fmt.Errorf("nbdserver: export %q: removed during the handshake: %w", exp.Name, ErrUnknownExport)
+	}
+	defer s.leave(exp, c)
 	log.Debug().Str("export", exp.Name).Msg("nbd transmission")
-	return s.transmit(ctx, c, r, exp)
+	return s.transmit(ctx, c, r, &exp.Export)
 }
 
 // ServeTransmission serves c, whose handshake is already done (a socket
@@ -183,13 +283,14 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 func (s *Server) ServeTransmission(ctx context.Context, c net.Conn, export string) error {
 	defer c.Close()
 	exp, ok := s.export(export)
-	if !ok {
+	if !ok || !s.join(exp, c) {
 		return fmt.Errorf("nbdserver: export %q: %w", export, ErrUnknownExport)
 	}
+	defer s.leave(exp, c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	ctx, _ = s.connLogger(ctx)
-	return s.transmit(ctx, c, bufio.NewReader(c), exp)
+	return s.transmit(ctx, c, bufio.NewReader(c), &exp.Export)
 }
 
 // connLogger gives a connection's context a logger with its number.

@@ -22,7 +22,6 @@ func TestNewRejects(t *testing.T) {
 		exports []Export
 		opts    []Option
 	}{
-		"no exports":       {nil, nil},
 		"no backend":       {[]Export{{Name: "a"}}, nil},
 		"duplicate names":  {[]Export{{Name: "a", Backend: b}, {Name: "a", Backend: b}}, nil},
 		"long name":        {[]Export{{Name: strings.Repeat("n", 4097), Backend: b}}, nil},

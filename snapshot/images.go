@@ -102,6 +102,7 @@ func (s *Snapshotter) ensureImageLocked(ctx context.Context, key string, img Ima
 			st.Close()
 			return "", err
 		}
+		s.stats.add(func(c *counters) { c.attachErrors++ })
 		s.logger(ctx).Warn().Err(err).Str("image", img.String()).Str("device", im.dev.Path).
 			Msg("cannot adopt the image mount's device; replacing the mount (containers started before may fail to read)")
 		s.retireImageMount(ctx, im)
@@ -169,6 +170,9 @@ func (s *Snapshotter) mountImage(ctx context.Context, im *imageMount, st Stream)
 	}
 	dev, err := s.att.Attach(ctx, st.Export())
 	if err != nil {
+		if ctx.Err() == nil {
+			s.stats.add(func(c *counters) { c.attachErrors++ })
+		}
 		return fmt.Errorf("attach %s: %w", st.Export(), err)
 	}
 	defer func() {
@@ -189,6 +193,7 @@ func (s *Snapshotter) mountImage(ctx context.Context, im *imageMount, st Stream)
 	// noload: the device is read-only, so a journal (if any) cannot be
 	// replayed; the converter writes a clean filesystem.
 	if err := unix.Mount(dev.Path, mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
+		s.stats.add(func(c *counters) { c.mountErrors++ })
 		return fmt.Errorf("mount %s (ext4, ro) at %s: %w", dev.Path, mnt, err)
 	}
 	s.updateImage(func() { im.dev, im.mounted = dev, true })

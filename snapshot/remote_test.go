@@ -373,8 +373,8 @@ func TestRemoteAttachFailureFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkTree(t, "container", rootfsOf(t, f.ctx, mounts, nil), f.a.expected)
-	if st := f.sn.Stats(); st.Fallbacks["mount failed"] != 1 || st.Placeholders != 0 {
-		t.Errorf("Stats = %+v, want one fallback for a failed mount", st)
+	if st := f.sn.Stats(); st.Fallbacks["mount failed"] != 1 || st.Placeholders != 0 || st.AttachErrors+st.MountErrors != 1 {
+		t.Errorf("Stats = %+v, want one fallback for a failed mount, one attach or mount error", st)
 	}
 	f.removeAll(t)
 }

@@ -20,6 +20,9 @@ type Stats struct {
 	Materialized uint64
 	// MaterializeFailures counts attempts that failed.
 	MaterializeFailures uint64
+	// AttachErrors counts devices that could not be attached to an export
+	// or adopted; MountErrors image mounts that failed on an attached device.
+	AttachErrors, MountErrors uint64
 }
 
 type counters struct {
@@ -29,6 +32,8 @@ type counters struct {
 	refused             map[string]uint64
 	materialized        uint64
 	materializeFailures uint64
+	attachErrors        uint64
+	mountErrors         uint64
 }
 
 func (c *counters) add(f func(*counters)) {
@@ -50,6 +55,8 @@ func (s *Snapshotter) Stats() Stats {
 		Refused:             maps.Clone(s.stats.refused),
 		Materialized:        s.stats.materialized,
 		MaterializeFailures: s.stats.materializeFailures,
+		AttachErrors:        s.stats.attachErrors,
+		MountErrors:         s.stats.mountErrors,
 	}
 	s.stats.mu.Unlock()
 	if st.Fallbacks == nil {

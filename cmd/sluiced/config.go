@@ -36,7 +36,9 @@ type Config struct {
 	// PlainHTTP lists registries reached over plain HTTP, e.g. ["127.0.0.1:5000"]. Default none.
 	PlainHTTP []string `toml:"plain_http"`
 	// CredentialsFile is a docker-config-format file of node credentials,
-	// used before ~/.docker/config.json and credential helpers. Default "/etc/sluice/credentials.json" if it exists.
+	// used before ~/.docker/config.json and credential helpers; read at
+	// each lookup, so it may appear or change later. "" turns it off.
+	// Default "/etc/sluice/credentials.json" (none while it does not exist).
 	CredentialsFile string      `toml:"credentials_file"`
 	Cache           CacheConfig `toml:"cache"`
 }
@@ -54,9 +56,12 @@ type CacheConfig struct {
 	ReadTimeout string `toml:"read_timeout"`
 	// FetchConcurrency bounds range requests in flight per image. Default 4.
 	FetchConcurrency int `toml:"fetch_concurrency"`
+	// MemoryCache keeps recently read chunks in memory too, on top of the
+	// on-disk cache; "0" turns it off. Default "16MiB".
+	MemoryCache string `toml:"memory_cache"`
 
-	size, backgroundRate int64
-	readTimeout          time.Duration
+	size, backgroundRate, memoryCache int64
+	readTimeout                       time.Duration
 }
 
 func defaultConfig() Config {
@@ -75,6 +80,7 @@ func defaultConfig() Config {
 			BackgroundRate:   "50MiB",
 			ReadTimeout:      "30s",
 			FetchConcurrency: 4,
+			MemoryCache:      "16MiB",
 		},
 	}
 }
@@ -114,6 +120,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%s: want an absolute path, got %q", field, p)
 		}
 	}
+	if c.CredentialsFile != "" && !filepath.IsAbs(c.CredentialsFile) {
+		return fmt.Errorf("credentials_file: want an absolute path or \"\", got %q", c.CredentialsFile)
+	}
 	if _, err := cliutil.NewLogger(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level: %q is not debug, info, warn or error", c.LogLevel)
 	}
@@ -148,6 +157,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.readTimeout, err = time.ParseDuration(c.Cache.ReadTimeout); err != nil || c.Cache.readTimeout <= 0 {
 		return fmt.Errorf("cache.read_timeout: want a duration such as \"30s\", got %q", c.Cache.ReadTimeout)
+	}
+	if c.Cache.memoryCache, err = cliutil.ParseSize(c.Cache.MemoryCache); err != nil {
+		return fmt.Errorf("cache.memory_cache: want a size such as \"16MiB\" (\"0\": none), got %q", c.Cache.MemoryCache)
 	}
 	if c.Cache.FetchConcurrency < 1 || c.Cache.FetchConcurrency > 64 {
 		return fmt.Errorf("cache.fetch_concurrency: want 1 to 64, got %d", c.Cache.FetchConcurrency)

@@ -1,14 +1,128 @@
-// Command sluiced is the sluice node agent: the containerd snapshotter, the
-// NBD exports and the block cache in one process. It is not built yet; see
-// the open issues.
+// Command sluiced is the sluice node agent: one process running the
+// containerd proxy snapshotter (gRPC on a unix socket), the NBD exports of
+// the streamed images, the shared on-disk chunk cache, and a loopback HTTP
+// endpoint with /healthz and Prometheus /metrics. See config.sample.toml.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/cobra"
+
+	"github.com/sluice-project/sluice/cmd/internal/cliutil"
 )
 
+const defaultConfigPath = "/etc/sluice/config.toml"
+
 func main() {
-	fmt.Fprintln(os.Stderr, "sluiced: the node agent is not implemented yet")
-	os.Exit(2)
+	if err := newRoot().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "sluiced:", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	config, logLevel string
+}
+
+func newRoot() *cobra.Command {
+	f := &flags{}
+	root := &cobra.Command{
+		Use:   "sluiced [--config FILE] [--log-level LEVEL]",
+		Short: "The sluice node agent: a containerd snapshotter that streams images at block level",
+		Long: `sluiced runs on every node, as root, in one process:
+
+  - the containerd proxy snapshotter "sluice", on a unix socket (address);
+  - one NBD server (nbd_socket, root only) exporting the flattened ext4 image
+    of each streamed image, fetched chunk by chunk from its registry into
+    the shared on-disk cache (cache.dir) as the kernel reads it;
+  - /healthz and Prometheus /metrics on a loopback address (metrics_address).
+
+When containerd (through CRI) unpacks an image whose sluice artifact exists
+("sluice convert"), sluiced attaches the export as a read-only block device,
+mounts it, and tells containerd every layer already exists: the container
+starts without a download. Images without an artifact are pulled the
+ordinary way (policy = "fallback", logged and counted with the reason) or
+refused (policy = "require"). How devices are attached is chosen at start
+and logged (attacher = "auto").
+
+Registry credentials: credentials_file (docker config format), then the
+docker config (~/.docker/config.json) and its credential helpers.
+
+containerd's config (/etc/containerd/config.toml) names the socket:
+
+  [proxy_plugins.sluice]
+    type = "snapshot"
+    address = "/run/sluice/snapshotter.sock"
+
+and CRI must pass the image labels to it:
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "sluice"
+    disable_snapshot_annotations = false
+
+Start sluiced before containerd. SIGTERM or SIGINT stops it; the image mounts
+of running containers stay, and the next start adopts them.`,
+		Example: `  sluiced --config /etc/sluice/config.toml
+  sluiced config --config /etc/sluice/config.toml   # print the effective config
+  curl -s 127.0.0.1:9808/metrics | grep ^sluice_`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return run(ctx, f)
+		},
+	}
+	root.PersistentFlags().StringVar(&f.config, "config", defaultConfigPath, "configuration file (TOML; every field optional, see config.sample.toml)")
+	root.Flags().StringVar(&f.logLevel, "log-level", "", "override log_level: debug, info, warn or error")
+	root.AddCommand(&cobra.Command{
+		Use:   "config [--config FILE]",
+		Short: "Check the configuration file and print the effective configuration (defaults filled in)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := loadConfig(f.config)
+			if err != nil {
+				return err
+			}
+			return toml.NewEncoder(cmd.OutOrStdout()).Encode(c)
+		},
+	})
+	return root
+}
+
+func run(ctx context.Context, f *flags) error {
+	cfg, err := loadConfig(f.config)
+	if err != nil {
+		return err
+	}
+	if f.logLevel != "" {
+		cfg.LogLevel = f.logLevel
+	}
+	log, err := cliutil.NewLogger(cfg.LogLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", f.logLevel)
+	}
+	// Keep the heap near what it needs: unless GOMEMLIMIT is set, ask the
+	// collector to work harder past a soft limit.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(128<<20 + cfg.Cache.memoryCache)
+	}
+	ctx = log.WithContext(ctx)
+	a, err := startAgent(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	err = a.wait(ctx)
+	if cerr := a.close(); err == nil {
+		err = cerr
+	}
+	return err
 }
