@@ -438,6 +438,19 @@ func (n *node) metric(name string) float64 {
 	return v
 }
 
+// labelled returns sum(name) of sluiced's metrics, 0 if it is missing: a
+// metric with labels has no sample (not even a TYPE line) before its first
+// value.
+func (n *node) labelled(name string) float64 {
+	n.t.Helper()
+	m, err := n.agent.metrics()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	v, _ := sum(m, name)
+	return v
+}
+
 func tail(s string, lines int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(l[max(0, len(l)-lines):], "\n")
