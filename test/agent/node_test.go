@@ -170,6 +170,12 @@ func (n *node) runPod(name string) (id, config string) {
 // createContainer creates (not starts) a container of image in pod.
 func (n *node) createContainer(pod, podConfig, name, image string, command ...string) string {
 	n.t.Helper()
+	return n.crictl("create", pod, n.containerJSON(name, image, command...), podConfig)
+}
+
+// containerJSON writes a container config for crictl create.
+func (n *node) containerJSON(name, image string, command ...string) string {
+	n.t.Helper()
 	c := map[string]any{
 		"metadata": map[string]any{"name": name},
 		"image":    map[string]any{"image": image},
@@ -177,8 +183,7 @@ func (n *node) createContainer(pod, podConfig, name, image string, command ...st
 		"log_path": name + ".log",
 		"linux":    map[string]any{},
 	}
-	config := n.writeJSON(fmt.Sprintf("ctr-%s-%d.json", name, time.Now().UnixNano()), c)
-	return n.crictl("create", pod, config, podConfig)
+	return n.writeJSON(fmt.Sprintf("ctr-%s-%d.json", name, time.Now().UnixNano()), c)
 }
 
 // runToExit creates and starts a container, waits for it to exit and
