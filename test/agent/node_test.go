@@ -27,6 +27,9 @@ type nodeOpts struct {
 	snapshotter string
 	// policy is sluiced's policy; "" keeps its default.
 	policy string
+	// registries are more registries (host:port) than the shared one,
+	// reached over plain HTTP by CRI and sluiced.
+	registries []string
 	// noSandbox skips importing the sandbox image (it is unpacked without
 	// CRI labels, which the require policy refuses).
 	noSandbox bool
@@ -63,7 +66,7 @@ func newNode(t *testing.T, e *env, opts nodeOpts) *node {
 		Dir:          filepath.Join(dir, "containerd"),
 		Snapshotter:  opts.snapshotter,
 		SandboxImage: sandboxRef,
-		Registries:   []string{e.registry.Addr},
+		Registries:   append([]string{e.registry.Addr}, opts.registries...),
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -283,7 +286,8 @@ func (n *node) agentConfig(policy string) (*agentProc, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "root = %q\naddress = %q\nnbd_socket = %q\nmetrics_address = %q\n", a.root, a.socket, a.nbd, a.metricsAddr)
-	fmt.Fprintf(&b, "log_level = \"debug\"\nattacher = \"portable\"\nplain_http = [%q]\n", n.e.registry.Addr)
+	plain := strings.Join(append([]string{strconv.Quote(n.e.registry.Addr)}, quoteAll(n.opts.registries)...), ", ")
+	fmt.Fprintf(&b, "log_level = \"debug\"\nattacher = \"portable\"\nplain_http = [%s]\n", plain)
 	if policy != "" {
 		fmt.Fprintf(&b, "policy = %q\n", policy)
 	}
@@ -454,6 +458,14 @@ func (n *node) labelled(name string) float64 {
 	}
 	v, _ := sum(m, name)
 	return v
+}
+
+func quoteAll(ss []string) []string {
+	var q []string
+	for _, s := range ss {
+		q = append(q, strconv.Quote(s))
+	}
+	return q
 }
 
 func tail(s string, lines int) string {
