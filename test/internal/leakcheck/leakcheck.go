@@ -251,15 +251,15 @@ func kill(pid int) {
 	}
 	for range 50 {
 		time.Sleep(100 * time.Millisecond)
-		if !alive(pid) {
+		if !Alive(pid) {
 			return
 		}
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return false
