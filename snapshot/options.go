@@ -23,7 +23,7 @@ func WithMountOptions(opts ...string) Opt {
 	return func(o *options) { o.mountOptions = append(o.mountOptions, opts...) }
 }
 
-// WithDecisionTTL sets how long a "not streamable" answer for a manifest is
+// WithDecisionTTL sets how long a "not streamable" answer for an image is
 // remembered, so that an image's layers are resolved, logged and counted
 // once per pull rather than once per layer (default one minute).
 func WithDecisionTTL(d time.Duration) Opt { return func(o *options) { o.decisionTTL = d } }

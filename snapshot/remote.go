@@ -26,7 +26,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent string, lab
 	if missing != "" {
 		return s.notStreamed(ctx, t, NotStreamable("incomplete labels", fmt.Errorf("no %s label", missing)))
 	}
-	if err := s.decisions.get(t.img.ManifestDigest); err != nil {
+	if err := s.decisions.get(t.img.String()); err != nil {
 		return s.notStreamed(ctx, t, err)
 	}
 	st, err := s.src.Resolve(ctx, t.img)
@@ -67,7 +67,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent string, lab
 // notStreamed applies the policy to an image that cannot be streamed,
 // logging and counting it once per pull.
 func (s *Snapshotter) notStreamed(ctx context.Context, t unpackTarget, reason error) error {
-	first := s.decisions.put(t.img.ManifestDigest, reason)
+	first := s.decisions.put(t.img.String(), reason)
 	why := Reason(reason)
 	if s.opts.policy == PolicyRequire {
 		if first {

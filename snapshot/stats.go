@@ -73,9 +73,10 @@ func (s *Snapshotter) Stats() Stats {
 	return st
 }
 
-// decisionCache remembers, per manifest digest, why an image is not
-// streamed, for ttl: its other layers then skip Resolve, and the image is
-// logged and counted once per pull.
+// decisionCache remembers, per image (reference and manifest digest: one
+// manifest may be in several repositories, converted in some only), why it
+// is not streamed, for ttl: its other layers then skip Resolve, and the
+// image is logged and counted once per pull.
 type decisionCache struct {
 	ttl time.Duration
 	mu  sync.Mutex

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -33,6 +34,8 @@ type agent struct {
 	sn    *snapshot.Snapshotter
 	rpc   *grpc.Server
 	web   *http.Server
+
+	metricsAddr string // where /metrics listens, once started
 
 	health    health
 	stopNBD   context.CancelFunc
@@ -99,7 +102,7 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		log.Info().Str("credentials_file", cfg.CredentialsFile).Bool("present", present).
 			Msg("registry credentials: node file, then docker config and credential helpers")
 	}
-	a.src = newRegistrySource(ctx, a.store, a.nbd, cfg.NBDSocket, keychain, cfg.PlainHTTP, imageOpts...)
+	a.src = newRegistrySource(ctx, a.store, a.nbd, cfg.NBDSocket, filepath.Join(cfg.Root, "artifacts"), keychain, cfg.PlainHTTP, imageOpts...)
 
 	a.sn, err = snapshot.New(ctx, cfg.Root, a.src, att, snapshot.WithPolicy(policy))
 	if err != nil {
@@ -119,6 +122,7 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("metrics_address: %w", err)
 		}
+		a.metricsAddr = ml.Addr().String()
 		a.web = &http.Server{Handler: a.metricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 		a.goServe("metrics", func() error { return a.web.Serve(ml) })
 	}
@@ -178,6 +182,7 @@ func (a *agent) close() error {
 			cancel()
 		}
 		if a.sn != nil {
+			a.src.closing.Store(true)
 			errs = append(errs, a.sn.Close())
 		}
 		if a.stopNBD != nil {
@@ -198,18 +203,18 @@ func (a *agent) close() error {
 // selectAttacher picks how exports become block devices and logs why.
 func selectAttacher(ctx context.Context, cfg Config) (snapshot.Attacher, error) {
 	portable := snapshot.NewPortableAttacher(filepath.Join(cfg.Root, "devices"))
-	var why string
-	switch cfg.Attacher {
-	case "kernel":
+	if cfg.Attacher == "kernel" {
 		return nil, errors.New(`attacher: "kernel" is not built yet (the kernel nbd attacher comes in a later release); use "auto" or "portable"`)
-	case "auto":
-		why = "kernel attacher not built in this release; "
 	}
 	att, reason, err := snapshot.SelectAttacher(ctx, portable)
 	if err != nil {
 		return nil, fmt.Errorf("attacher %q: %s: %w", cfg.Attacher, reason, err)
 	}
-	zerolog.Ctx(ctx).Info().Str("attacher", att.Name()).Str("configured", cfg.Attacher).Msg(why + reason)
+	if cfg.Attacher == "auto" {
+		// The kernel attacher would come first; say why it did not.
+		reason = "kernel attacher not built in this release; " + strings.Replace(reason, "(first choice, available)", "(available)", 1)
+	}
+	zerolog.Ctx(ctx).Info().Str("attacher", att.Name()).Str("configured", cfg.Attacher).Msg(reason)
 	return att, nil
 }
 

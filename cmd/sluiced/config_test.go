@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -25,7 +26,10 @@ func TestSampleConfigIsTheDefaults(t *testing.T) {
 	if err := d.validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Root != d.Root || c.Address != d.Address || c.Policy != d.Policy || c.Cache != d.Cache || c.MetricsAddress != d.MetricsAddress {
+	if len(c.PlainHTTP) == 0 {
+		c.PlainHTTP = nil // the sample's [] is the default's nil
+	}
+	if !reflect.DeepEqual(c, d) {
 		t.Errorf("sample %+v differs from defaults %+v", c, d)
 	}
 }
@@ -46,6 +50,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		`plain_http = ["http://x/y"]`:          "plain_http:",
 		"policy = \"require\"\npolicy = \"x\"": "policy",
 		`root = `:                              "line 1",
+		"[cache]\nmemory_cache = \"much\"":     "cache.memory_cache:",
+		`credentials_file = "creds.json"`:      "credentials_file:",
 	} {
 		_, err := loadConfig(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -62,7 +68,18 @@ func TestConfigOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Policy != "require" || c.Cache.size != 1<<30 || c.Cache.Dir != defaultConfig().Cache.Dir || len(c.PlainHTTP) != 1 {
+	if c.Policy != "require" || c.Cache.size != 1<<30 || c.Cache.memoryCache != 16<<20 || c.Cache.Dir != defaultConfig().Cache.Dir || len(c.PlainHTTP) != 1 {
 		t.Errorf("got %+v", c)
+	}
+}
+
+func TestMissingDefaultConfigMeansDefaults(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "config.toml")
+	c, err := (&flags{config: missing}).load()
+	if err != nil || c.Root != defaultConfig().Root || c.Cache.size != 10<<30 {
+		t.Errorf("no --config and no default file: %+v, %v; want the defaults", c, err)
+	}
+	if _, err := (&flags{config: missing, configSet: true}).load(); err == nil {
+		t.Error("a missing file given with --config was accepted")
 	}
 }

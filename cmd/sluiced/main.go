@@ -6,7 +6,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -29,6 +31,19 @@ func main() {
 
 type flags struct {
 	config, logLevel string
+	configSet        bool // --config was given
+}
+
+// load reads the config; without --config, a missing default file means
+// every default.
+func (f *flags) load() (Config, error) {
+	if !f.configSet {
+		if _, err := os.Stat(f.config); errors.Is(err, fs.ErrNotExist) {
+			c := defaultConfig()
+			return c, c.validate()
+		}
+	}
+	return loadConfig(f.config)
 }
 
 func newRoot() *cobra.Command {
@@ -75,20 +90,23 @@ of running containers stay, and the next start adopts them.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRun: func(cmd *cobra.Command, args []string) {
+			f.configSet = cmd.Flags().Changed("config")
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			return run(ctx, f)
 		},
 	}
-	root.PersistentFlags().StringVar(&f.config, "config", defaultConfigPath, "configuration file (TOML; every field optional, see config.sample.toml)")
+	root.PersistentFlags().StringVar(&f.config, "config", defaultConfigPath, "configuration file (TOML; every field optional, see config.sample.toml); without this flag a missing default file means all defaults")
 	root.Flags().StringVar(&f.logLevel, "log-level", "", "override log_level: debug, info, warn or error")
 	root.AddCommand(&cobra.Command{
 		Use:   "config [--config FILE]",
 		Short: "Check the configuration file and print the effective configuration (defaults filled in)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := loadConfig(f.config)
+			c, err := f.load()
 			if err != nil {
 				return err
 			}
@@ -99,7 +117,7 @@ of running containers stay, and the next start adopts them.`,
 }
 
 func run(ctx context.Context, f *flags) error {
-	cfg, err := loadConfig(f.config)
+	cfg, err := f.load()
 	if err != nil {
 		return err
 	}

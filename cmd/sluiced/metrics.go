@@ -44,6 +44,20 @@ func (t *imageTotals) add(s blockcache.Stats) {
 	t.faultSum += s.FaultLatency.Sum.Seconds()
 }
 
+// faultBuckets turns the fault latency counts into Prometheus buckets:
+// upper bound in seconds -> cumulative count (+Inf is the total count).
+func (t *imageTotals) faultBuckets() map[float64]uint64 {
+	buckets := map[float64]uint64{}
+	var cum uint64
+	for i, b := range blockcache.FaultLatencyBounds {
+		if i < len(t.faultCounts) {
+			cum += t.faultCounts[i]
+		}
+		buckets[b.Seconds()] = cum
+	}
+	return buckets
+}
+
 // collector reads the agent's counters at scrape time: the snapshotter's,
 // the chunk store's and every image's.
 type collector struct {
@@ -58,8 +72,8 @@ var (
 	descFetched         = desc("fetched_bytes_total", "Compressed bytes fetched from registries by verified range requests (all images).")
 	descBackground      = desc("background_fetched_bytes_total", "Part of sluice_fetched_bytes_total fetched by prefetch and background streaming.")
 	descFetches         = desc("fetches_total", "Range requests that fetched chunks.")
-	descHits            = desc("cache_hits_total", "Chunks reads found in the local cache.")
-	descMisses          = desc("cache_misses_total", "Chunks reads had to fetch.")
+	descHits            = desc("cache_hits_total", "Chunks that reads found in the local cache.")
+	descMisses          = desc("cache_misses_total", "Chunks that reads had to fetch from the registry.")
 	descCorrupt         = desc("corrupt_chunks_total", "Fetched chunks that failed verification (never cached or served).")
 	descReads           = desc("reads_total", "Block reads served to devices.")
 	descReadErrors      = desc("read_errors_total", "Block reads answered with an I/O error.")
@@ -119,15 +133,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReads, float64(totals.reads))
 	counter(descReadErrors, float64(totals.readErrors))
 	counter(descTimeouts, float64(totals.timeouts))
-	buckets := map[float64]uint64{}
-	var cum uint64
-	for i, b := range blockcache.FaultLatencyBounds {
-		if i < len(totals.faultCounts) {
-			cum += totals.faultCounts[i]
-		}
-		buckets[b.Seconds()] = cum
-	}
-	ch <- prometheus.MustNewConstHistogram(descFault, totals.faultCount, totals.faultSum, buckets)
+	ch <- prometheus.MustNewConstHistogram(descFault, totals.faultCount, totals.faultSum, totals.faultBuckets())
 
 	st := c.a.sn.Stats()
 	gauge(descImageMounts, float64(st.Images))

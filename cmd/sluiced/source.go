@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,6 +37,10 @@ type registrySource struct {
 	keychain  authn.Keychain
 	plainHTTP map[string]bool
 	imageOpts []blockcache.Option
+	memo      artifactMemo
+	// closing: the agent stops, and its image mounts stay for the next
+	// one, which needs the memos.
+	closing atomic.Bool
 
 	mu         sync.Mutex
 	exports    map[string]*sourceExport // by key (artifact digest)
@@ -51,9 +56,10 @@ type sourceExport struct {
 	img   snapshot.ImageRef // the first image that asked for it
 	image *blockcache.Image
 	refs  int
+	memos map[snapshot.ImageRef]bool // images with a memo of this artifact
 }
 
-func newRegistrySource(ctx context.Context, store *blockcache.Store, srv *nbdserver.Server, socket string,
+func newRegistrySource(ctx context.Context, store *blockcache.Store, srv *nbdserver.Server, socket, memoDir string,
 	keychain authn.Keychain, plainHTTP []string, imageOpts ...blockcache.Option) *registrySource {
 	plain := map[string]bool{}
 	for _, r := range plainHTTP {
@@ -61,7 +67,7 @@ func newRegistrySource(ctx context.Context, store *blockcache.Store, srv *nbdser
 	}
 	return &registrySource{
 		ctx: ctx, store: store, srv: srv, socket: socket, keychain: keychain,
-		plainHTTP: plain, imageOpts: imageOpts,
+		plainHTTP: plain, imageOpts: imageOpts, memo: artifactMemo{dir: memoDir},
 		exports: map[string]*sourceExport{}, byManifest: map[string]string{},
 	}
 }
@@ -97,15 +103,36 @@ func (s *registrySource) Resolve(ctx context.Context, img snapshot.ImageRef) (sn
 	registry := ref.Context().RegistryStr()
 	opts := []imageconv.Option{imageconv.WithKeychain(s.keychain)}
 	fetchOpts := []blockcache.FetchOption{blockcache.WithKeychain(s.keychain)}
+	var nameOpts []name.Option
 	if s.plainHTTP[registry] {
 		opts = append(opts, imageconv.WithPlainHTTP())
 		fetchOpts = append(fetchOpts, blockcache.WithPlainHTTP())
+		nameOpts = append(nameOpts, name.Insecure)
 	}
+	fresh := true
 	art, err := imageconv.LookupManifest(ctx, img.Ref, img.ManifestDigest, opts...)
 	if err != nil {
-		return nil, lookupError(registry, err)
+		lerr := lookupError(registry, err)
+		if snapshot.Reason(lerr) != "registry unreachable" {
+			return nil, lerr
+		}
+		// An image this agent (or the one before) serves: go on with what
+		// the registry said then; cached chunks read, the others wait for
+		// the registry like any fetch.
+		if art, err = s.memo.load(img, nameOpts...); err != nil {
+			return nil, lerr
+		}
+		fresh = false
+		zerolog.Ctx(s.ctx).Warn().Err(lerr).Str("image", img.String()).Str("artifact", art.Descriptor.Digest.String()).
+			Msg("registry unreachable: serving the image from the artifact looked up before")
 	}
 	key := art.Descriptor.Digest.String()
+	if fresh {
+		if err := s.memo.save(img, art); err != nil {
+			zerolog.Ctx(s.ctx).Warn().Err(err).Str("image", img.String()).
+				Msg("remembering the artifact (a restart while the registry is down cannot adopt this image)")
+		}
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -120,12 +147,13 @@ func (s *registrySource) Resolve(ctx context.Context, img snapshot.ImageRef) (sn
 			im.Close()
 			return nil, err
 		}
-		e = &sourceExport{key: key, img: img, image: im}
+		e = &sourceExport{key: key, img: img, image: im, memos: map[snapshot.ImageRef]bool{}}
 		s.exports[key] = e
 		zerolog.Ctx(s.ctx).Info().Str("image", img.String()).Str("artifact", key).
 			Int64("size", art.Index.ImageSize).Int("chunks", len(art.Index.Chunks)).Msg("export opened")
 	}
 	e.refs++
+	e.memos[img] = true
 	s.byManifest[img.ManifestDigest] = key
 	return &sourceStream{src: s, e: e}, nil
 }
@@ -152,6 +180,13 @@ func (s *registrySource) release(e *sourceExport) error {
 	err := s.srv.Remove(ctx, e.key)
 	s.retired.add(e.image.Stats())
 	e.image.Close()
+	if !s.closing.Load() {
+		for img := range e.memos {
+			if merr := s.memo.remove(img); merr != nil {
+				zerolog.Ctx(s.ctx).Warn().Err(merr).Str("image", img.String()).Msg("removing an artifact memo")
+			}
+		}
+	}
 	zerolog.Ctx(s.ctx).Info().Str("image", e.img.String()).Str("artifact", e.key).Msg("export closed")
 	return err
 }

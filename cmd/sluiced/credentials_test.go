@@ -1,0 +1,110 @@
+package main
+
+import (
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+// TestAgentCredentialsFile streams an image from a registry that wants
+// basic authentication, with the node credentials file, and never logs
+// the secret.
+func TestAgentCredentialsFile(t *testing.T) {
+	requirePortable(t)
+	ctx := testContext()
+	const user, pass = "node", "s3cret-Pa55"
+	reg := newTestRegistry(t, basicAuth(user, pass))
+	kc := staticKeychain{authn.FromConfig(authn.AuthConfig{Username: user, Password: pass})}
+	img := pushImage(t, reg, "private/app:v1", kc, baseLayer, appLayer)
+	convert(t, img, imageconvKeychain(kc))
+
+	dir := tempDir(t)
+	token := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+	creds := filepath.Join(dir, "credentials.json")
+	if err := os.WriteFile(creds, []byte(`{"auths": {"`+reg.host+`": {"auth": "`+token+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without credentials the registry says no, and the error says who.
+	noCreds := mustStartAgent(t, filepath.Join(dir, "a"), func(c *Config) {
+		c.Policy = "require"
+		c.PlainHTTP = []string{reg.host}
+		c.CredentialsFile = filepath.Join(dir, "absent.json")
+	})
+	_, err := unpack(t, ctx, noCreds.client(t), img)
+	errorContains(t, "without credentials", err, img.ref, "registry denied access", "registry "+reg.host)
+	if err := noCreds.close(); err != nil {
+		t.Fatal(err)
+	}
+
+	a := mustStartAgent(t, filepath.Join(dir, "b"), func(c *Config) {
+		c.Policy = "require"
+		c.PlainHTTP = []string{reg.host}
+		c.CredentialsFile = creds
+	})
+	sn := a.client(t)
+	if applied, err := unpack(t, ctx, sn, img); err != nil || applied != 0 {
+		t.Fatalf("unpack with the credentials file: %d layers applied, %v", applied, err)
+	}
+	mounts, err := sn.Prepare(ctx, "container", img.chain[len(img.chain)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRootfs(t, ctx, mounts, img.files) // reads fetch chunks, with the credentials
+	if got := a.metric(t, `sluice_fetched_bytes_total`); got <= 0 {
+		t.Errorf("fetched_bytes_total = %v", got)
+	}
+	removeAll(t, ctx, sn)
+	if err := a.close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []*logBuffer{noCreds.logs, a.logs} {
+		for _, secret := range []string{pass, token} {
+			if strings.Contains(l.String(), secret) {
+				t.Errorf("the log holds the secret %q", secret)
+			}
+		}
+	}
+}
+
+// TestFileKeychain resolves from the node file first, then the docker
+// config; a missing file is no credentials, a broken one an error that
+// does not quote it.
+func TestFileKeychain(t *testing.T) {
+	dir := t.TempDir()
+	docker := filepath.Join(dir, "docker")
+	if err := os.MkdirAll(docker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", docker)
+	t.Setenv("HOME", dir)
+	enc := func(u, p string) string { return base64.StdEncoding.EncodeToString([]byte(u + ":" + p)) }
+	if err := os.WriteFile(filepath.Join(docker, "config.json"), []byte(`{"auths": {"both.example": {"auth": "`+enc("docker", "d")+`"}, "docker.example": {"auth": "`+enc("docker", "d")+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	node := filepath.Join(dir, "node.json")
+	if err := os.WriteFile(node, []byte(`{"auths": {"both.example": {"auth": "`+enc("node", "n")+`"}, "https://index.docker.io/v1/": {"auth": "`+enc("hub", "h")+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kc := newKeychain(node)
+	for registry, want := range map[string]string{"both.example": "node", "docker.example": "docker", "index.docker.io": "hub", "other.example": ""} {
+		got := resolveUser(t, kc, registry)
+		if got != want {
+			t.Errorf("%s: user %q, want %q", registry, got, want)
+		}
+	}
+	if got := resolveUser(t, newKeychain(filepath.Join(dir, "absent.json")), "both.example"); got != "docker" {
+		t.Errorf("with no node file: user %q, want the docker config's", got)
+	}
+	broken := filepath.Join(dir, "broken.json")
+	if err := os.WriteFile(broken, []byte(`{"auths": "s3cret`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (fileKeychain{path: broken}).check(); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("broken credentials file: %v", err)
+	}
+}
