@@ -173,7 +173,27 @@ func (n *node) runPod(name string) (id, config string) {
 // createContainer creates (not starts) a container of image in pod.
 func (n *node) createContainer(pod, podConfig, name, image string, command ...string) string {
 	n.t.Helper()
-	return n.crictl("create", pod, n.containerJSON(name, image, command...), podConfig)
+	return n.crictlRetry("create", pod, n.containerJSON(name, image, command...), podConfig)
+}
+
+// crictlRetry is crictl that retries for up to a minute while containerd
+// reports the snapshotter Unavailable: after sluiced restarts, containerd's
+// gRPC client to the proxy snapshotter is in reconnect backoff for a few
+// seconds (kubelet retries likewise).
+func (n *node) crictlRetry(args ...string) string {
+	n.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := n.containerd.Crictl(context.Background(), args...)
+		if err == nil {
+			return strings.TrimSpace(string(out))
+		}
+		if !strings.Contains(err.Error(), "code = Unavailable") || !strings.Contains(err.Error(), "snapshotter.sock") || time.Now().After(deadline) {
+			n.t.Fatal(err)
+		}
+		n.t.Logf("containerd does not reach sluiced yet; retrying: %v", err)
+		time.Sleep(time.Second)
+	}
 }
 
 // containerJSON writes a container config for crictl create.
@@ -251,7 +271,7 @@ func (n *node) writeJSON(file string, v any) string {
 // pull pulls through CRI, failing the test on error.
 func (n *node) pull(image string) {
 	n.t.Helper()
-	n.crictl("pull", image)
+	n.crictlRetry("pull", image)
 }
 
 // agentProc is a running sluiced.

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/sluice-project/sluice/test/internal/leakcheck"
 )
@@ -86,21 +85,10 @@ func testRestart(t *testing.T, e *env, sig syscall.Signal) {
 		t.Errorf("the running container's root filesystem after the restart differs from the reference:\n%s", strings.Join(d, "\n"))
 	}
 
-	// A new container of the image starts. containerd may still be
-	// backing off from the snapshotter's socket for a few seconds.
-	var newErr error
-	err = waitFor(60*time.Second, func() bool {
-		var out []byte
-		cid := ""
-		if out, newErr = n.containerd.Crictl(context.Background(), "create", pod, n.containerJSON("after", a.ref, "/bin/cat", "/app/name"), podCfg); newErr != nil {
-			return false
-		}
-		cid = strings.TrimSpace(string(out))
-		_, newErr = n.containerd.Crictl(context.Background(), "start", cid)
-		return newErr == nil
-	})
-	if err != nil {
-		t.Fatalf("no new container of the image after the restart: %v", newErr)
+	// A new container of the image starts.
+	out2 := n.runToExit(pod, podCfg, "after", a.ref, "/bin/cat", "/app/name")
+	if strings.TrimSpace(out2) != "image A" {
+		t.Errorf("a new container after the restart printed %q", out2)
 	}
 	// Still exactly one image mount, one device.
 	final, err := leakcheck.Find(n.agent.root)
