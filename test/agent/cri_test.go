@@ -67,7 +67,7 @@ func TestCRIPullStreams(t *testing.T) {
 
 	pod, podCfg := n.runPod("cri")
 	out := n.runToExit(pod, podCfg, "hello", a.ref, "/bin/sh", "-c", "cat /app/name && sha256sum /app/a-data.bin")
-	want := "image A\n" + strings.Fields(a.listing["/app/a-data.bin"])[2] + "  /app/a-data.bin"
+	want := "image A\n" + a.listing.sha("/app/a-data.bin") + "  /app/a-data.bin"
 	if strings.TrimSpace(out) != want {
 		t.Errorf("container output %q, want %q", out, want)
 	}

@@ -282,20 +282,20 @@ func sandboxArchive(path string) error {
 	return tarball.WriteToFile(path, tag, img)
 }
 
-// listScript prints one line per entry of the root filesystem it runs in
-// (not below /proc, /sys and /dev): "D path", "L path -> target",
-// "F path sha256" or "O path", sorted, then "END".
-const listScript = `find / -xdev \( -path /proc -o -path /sys -o -path /dev \) -prune -o -print | sort | while IFS= read -r p; do
-if [ -L "$p" ]; then echo "L $p -> $(readlink "$p")"
-elif [ -f "$p" ]; then echo "F $p $(sha256sum < "$p" | cut -d' ' -f1)"
-elif [ -d "$p" ]; then echo "D $p"
-else echo "O $p"; fi
-done; echo END`
+// listScript lists the root filesystem it runs in (not below /proc, /sys
+// and /dev): one "S MODE UID GID TYPE|PATH" ("|'PATH' -> 'TARGET'" for a
+// symlink) line per entry
+// (busybox stat), one "SHA256  PATH" line per regular file, then "END".
+// Batched with find -exec +, it costs a few processes, not one per file.
+const listScript = `find / -xdev \( -path /proc -o -path /sys -o -path /dev \) -prune -o -exec stat -c "S %a %u %g %F|%N" {} + &&
+find / -xdev \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type f -exec sha256sum {} + &&
+echo END`
 
-// listing is the output of listScript as a map of path -> line.
+// listing is the output of listScript: path -> "TYPE MODE UID GID", then
+// " -> TARGET" for a symlink or " sha256:SUM" for a regular file.
 type listing map[string]string
 
-// parseListing checks for the END line and splits the lines by path.
+// parseListing checks for the END line and merges the lines by path.
 func parseListing(out string) (listing, error) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) == 0 || lines[len(lines)-1] != "END" {
@@ -303,14 +303,43 @@ func parseListing(out string) (listing, error) {
 		return nil, fmt.Errorf("listing incomplete (no END line); it ends with %q", tail)
 	}
 	l := listing{}
+	sums := map[string]string{}
 	for _, line := range lines[:len(lines)-1] {
-		f := strings.SplitN(line, " ", 3)
-		if len(f) < 2 || len(f[0]) != 1 {
+		if rest, ok := strings.CutPrefix(line, "S "); ok {
+			meta, name, ok := strings.Cut(rest, "|")
+			f := strings.SplitN(meta, " ", 4)
+			if !ok || len(f) != 4 {
+				return nil, fmt.Errorf("listing: unexpected line %q", line)
+			}
+			// busybox's %N quotes only symlinks: 'PATH' -> 'TARGET'.
+			p, target, isLink := strings.Cut(name, "' -> '")
+			entry := fmt.Sprintf("%s %s %s %s", f[3], f[0], f[1], f[2])
+			if isLink {
+				p = strings.TrimPrefix(p, "'")
+				entry += " -> " + strings.TrimSuffix(target, "'")
+			}
+			l[p] = entry
+			continue
+		}
+		sum, p, ok := strings.Cut(line, "  ")
+		if !ok || len(sum) != 64 {
 			return nil, fmt.Errorf("listing: unexpected line %q", line)
 		}
-		l[f[1]] = line
+		sums[p] = sum
+	}
+	for p, sum := range sums {
+		if _, ok := l[p]; !ok {
+			return nil, fmt.Errorf("listing: a checksum for %s, which stat did not list", p)
+		}
+		l[p] += " sha256:" + sum
 	}
 	return l, nil
+}
+
+// sha returns the sha256 of a regular file in the listing, or "".
+func (l listing) sha(p string) string {
+	_, sum, _ := strings.Cut(l[p], " sha256:")
+	return sum
 }
 
 // runtimeFiles are added to a container's root by the runtime (CRI bind
@@ -322,14 +351,14 @@ func (want listing) diff(got listing, maxLines int) []string {
 	var d []string
 	for p, w := range want {
 		if g, ok := got[p]; !ok {
-			d = append(d, "missing: "+w)
+			d = append(d, fmt.Sprintf("missing: %s: %s", p, w))
 		} else if g != w {
-			d = append(d, fmt.Sprintf("differs: want %q, got %q", w, g))
+			d = append(d, fmt.Sprintf("differs: %s: want %q, got %q", p, w, g))
 		}
 	}
 	for p, g := range got {
 		if _, ok := want[p]; !ok && !isRuntimeFile(p) {
-			d = append(d, "extra:   "+g)
+			d = append(d, fmt.Sprintf("extra:   %s: %s", p, g))
 		}
 	}
 	sort.Strings(d)
