@@ -38,6 +38,9 @@ func TestCleanup(t *testing.T) {
 		t.Fatalf("with a streamed image in use, expected mounts, loop devices and processes under %s; found:\n%s", n.agent.root, during)
 	}
 	t.Logf("in use:\n%s", during)
+	if out, err := exec.Command("nbdinfo", "--list", "nbd+unix:///?socket="+n.agent.nbd).CombinedOutput(); err != nil || !strings.Contains(string(out), "sha256:") {
+		t.Fatalf("nbdinfo --list shows no export while the image is in use: %v\n%s", err, out)
+	}
 
 	for _, c := range strings.Fields(n.crictl("ps", "-a", "-q")) {
 		n.crictl("rm", "-f", c)
@@ -76,7 +79,7 @@ func TestCleanup(t *testing.T) {
 	}
 	if out, err := exec.Command("nbdinfo", "--list", "nbd+unix:///?socket="+n.agent.nbd).CombinedOutput(); err != nil {
 		t.Errorf("nbdinfo --list: %v\n%s", err, out)
-	} else if strings.Contains(string(out), "export=") || strings.Contains(string(out), "sha256") {
+	} else if strings.Contains(string(out), "sha256:") {
 		t.Errorf("exports left:\n%s", out)
 	}
 	for _, sub := range []string{"snapshots", "images", "devices"} {
