@@ -108,6 +108,9 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("root: %w", err)
 	}
+	// Recovery has adopted what it could; memos nobody used for a day are
+	// of images gone while no agent ran.
+	a.src.pruneMemos(24 * time.Hour)
 
 	gl, err := listenUnix(cfg.Address)
 	if err != nil {

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -139,13 +142,17 @@ func (s *registrySource) Resolve(ctx context.Context, img snapshot.ImageRef) (sn
 	e, ok := s.exports[key]
 	if !ok {
 		// Opening makes no request: it cannot block the lock for long.
-		im, err := blockcache.Open(s.ctx, art, s.store, append(s.imageOpts, blockcache.WithFetchOptions(fetchOpts...))...)
-		if err != nil {
-			return nil, lookupError(registry, err)
+		im, err := blockcache.Open(s.ctx, art, s.store, slices.Concat(s.imageOpts, []blockcache.Option{blockcache.WithFetchOptions(fetchOpts...)})...)
+		if err == nil {
+			if err = s.srv.Add(nbdserver.Export{Name: key, Description: img.String(), Backend: im}); err != nil {
+				im.Close()
+			}
 		}
-		if err := s.srv.Add(nbdserver.Export{Name: key, Description: img.String(), Backend: im}); err != nil {
-			im.Close()
-			return nil, err
+		if err != nil {
+			if fresh {
+				s.memo.remove(img)
+			}
+			return nil, lookupError(registry, err)
 		}
 		e = &sourceExport{key: key, img: img, image: im, memos: map[snapshot.ImageRef]bool{}}
 		s.exports[key] = e
@@ -189,6 +196,25 @@ func (s *registrySource) release(e *sourceExport) error {
 	}
 	zerolog.Ctx(s.ctx).Info().Str("image", e.img.String()).Str("artifact", e.key).Msg("export closed")
 	return err
+}
+
+// pruneMemos removes memos of images not served now, older than maxAge:
+// left by images whose mounts a restart found unused, or by failures.
+func (s *registrySource) pruneMemos(maxAge time.Duration) {
+	s.mu.Lock()
+	inUse := map[string]bool{}
+	for _, e := range s.exports {
+		for img := range e.memos {
+			inUse[s.memo.path(img)] = true
+		}
+	}
+	s.mu.Unlock()
+	files, _ := filepath.Glob(filepath.Join(s.memo.dir, "*.json"))
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil && !inUse[f] && time.Since(fi.ModTime()) > maxAge {
+			os.Remove(f)
+		}
+	}
 }
 
 // FetchLayer returns the blob of one of img's layers from its repository.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,5 +76,33 @@ func TestImageTotals(t *testing.T) {
 	}
 	if tot.faultSum != 0.007 {
 		t.Errorf("sum %v s, want 0.007", tot.faultSum)
+	}
+}
+
+// TestPruneMemos: memos of images not served, older than the age given,
+// go; fresh ones and those of served images stay.
+func TestPruneMemos(t *testing.T) {
+	dir := t.TempDir()
+	s := &registrySource{memo: artifactMemo{dir: dir}, exports: map[string]*sourceExport{}}
+	served := snapshot.ImageRef{Ref: "r/served:1", ManifestDigest: "sha256:aa"}
+	oldUnused := snapshot.ImageRef{Ref: "r/gone:1", ManifestDigest: "sha256:bb"}
+	fresh := snapshot.ImageRef{Ref: "r/new:1", ManifestDigest: "sha256:cc"}
+	s.exports["k"] = &sourceExport{memos: map[snapshot.ImageRef]bool{served: true}}
+	old := time.Now().Add(-48 * time.Hour)
+	for _, img := range []snapshot.ImageRef{served, oldUnused, fresh} {
+		if err := os.WriteFile(s.memo.path(img), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if img != fresh {
+			if err := os.Chtimes(s.memo.path(img), old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s.pruneMemos(24 * time.Hour)
+	for img, want := range map[snapshot.ImageRef]bool{served: true, oldUnused: false, fresh: true} {
+		if _, err := os.Stat(s.memo.path(img)); (err == nil) != want {
+			t.Errorf("%s: memo kept %v, want %v", img, err == nil, want)
+		}
 	}
 }
