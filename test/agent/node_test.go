@@ -30,8 +30,8 @@ type nodeOpts struct {
 	// registries are more registries (host:port) than the shared one,
 	// reached over plain HTTP by CRI and sluiced.
 	registries []string
-	// noSandbox skips importing the sandbox image (it is unpacked without
-	// CRI labels, which the require policy refuses).
+	// noSandbox skips importing the sandbox image, for tests that run no
+	// pod.
 	noSandbox bool
 }
 
@@ -86,8 +86,9 @@ func newNode(t *testing.T, e *env, opts nodeOpts) *node {
 	return n
 }
 
-// teardown removes pods, containers and images, stops containerd and
-// sluiced, and sweeps (and logs) what is left below the node's dir.
+// teardown removes pods and containers (CRI's and ctr's), stops containerd,
+// its shims and sluiced, and sweeps (and logs) what is left below the
+// node's dir.
 func (n *node) teardown() {
 	t := n.t
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
