@@ -50,7 +50,7 @@ test: deps ## install deps, go vet, go test -race, short fuzz runs
 	done
 
 .PHONY: demo
-demo: deps build ## run the end-to-end demo (local registry, convert, inspect)
+demo: deps build ## run the end-to-end demo (local registry, convert, inspect, lazy container start vs full pull; root)
 	scripts/demo.sh
 
 .PHONY: bench

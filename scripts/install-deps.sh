@@ -45,8 +45,8 @@ apt_packages=(
 
 # Go tools, as "name=module/path@version" (name = the binary go install makes).
 # Add entries here when tests need them; they go into $tools_bin.
-# Example: "crictl=sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0"
 go_tools=(
+	"crictl=sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0" # CRI client for test/agent and the demo
 )
 
 die() {

@@ -10,10 +10,16 @@
 #   free_port FROM       print the first free TCP port >= FROM.
 #   oci_busybox DIR TAG  build a busybox OCI image layout at DIR:TAG
 #                        (no internet needed: Debian's busybox-static + umoci).
+#   containerd_start DIR SOCKET, containerd_stop
+#                        a private containerd with sluiced's proxy snapshotter;
+#                        sets CONTAINERD_PID and CONTAINERD_ADDR.
+#   sweep_dir DIR        unmount, detach and stop what is left below DIR.
 
 REGISTRY_PID=""
 REGISTRY_ADDR=""
 REGISTRY_STORAGE=""
+CONTAINERD_PID=""
+CONTAINERD_ADDR=""
 
 log() { echo "==> $*"; }
 die() {
@@ -107,4 +113,96 @@ oci_busybox() {
 		--config.env PATH=/bin --config.workingdir / >/dev/null
 	umoci gc --layout "$layout"
 	rm -rf "$work"
+}
+
+# containerd_start DIR SNAPSHOTTER_SOCKET: a private containerd (config, root,
+# state and socket under DIR) without CRI, with the proxy snapshotter
+# "sluice" at SNAPSHOTTER_SOCKET (start sluiced first); sets CONTAINERD_PID
+# and CONTAINERD_ADDR.
+containerd_start() {
+	local dir="$1" proxy="$2" i
+	mkdir -p "$dir"
+	CONTAINERD_ADDR="$dir/containerd.sock"
+	cat >"$dir/config.toml" <<EOF
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+plugin_dir = ""
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "$CONTAINERD_ADDR"
+[ttrpc]
+  address = "$CONTAINERD_ADDR.ttrpc"
+[proxy_plugins.sluice]
+  type = "snapshot"
+  address = "$proxy"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+EOF
+	containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+	CONTAINERD_PID=$!
+	for ((i = 0; i < 300; i++)); do
+		if ctr --address "$CONTAINERD_ADDR" version >/dev/null 2>&1; then
+			return 0
+		fi
+		if ! kill -0 "$CONTAINERD_PID" 2>/dev/null; then
+			tail -n 30 "$dir/containerd.log" >&2
+			die "containerd exited during startup"
+		fi
+		sleep 0.1
+	done
+	tail -n 30 "$dir/containerd.log" >&2
+	die "containerd did not answer on $CONTAINERD_ADDR within 30 s"
+}
+
+# containerd_stop: stop the containerd started above (by its PID), then the
+# shims it started (their command line names its address).
+containerd_stop() {
+	local pid
+	if [[ -n "$CONTAINERD_PID" ]] && kill -0 "$CONTAINERD_PID" 2>/dev/null; then
+		kill "$CONTAINERD_PID" 2>/dev/null || true
+		wait "$CONTAINERD_PID" 2>/dev/null || true
+	fi
+	CONTAINERD_PID=""
+	[[ -n "$CONTAINERD_ADDR" ]] || return 0
+	for pid in $(pids_naming "-address $CONTAINERD_ADDR "); do
+		kill "$pid" 2>/dev/null || true
+	done
+}
+
+# pids_naming STRING: the PIDs (other than this shell) whose command line
+# contains STRING.
+pids_naming() {
+	local f pid args
+	for f in /proc/[0-9]*/cmdline; do
+		pid="${f#/proc/}"
+		pid="${pid%/cmdline}"
+		[[ "$pid" != "$$" && "$pid" != "$BASHPID" ]] || continue
+		args="$(tr '\0' ' ' 2>/dev/null <"$f")" || continue
+		if [[ "$args" == *"$1"* ]]; then echo "$pid"; fi
+	done
+	return 0
+}
+
+# sweep_dir DIR: unmount, detach and stop (by PID) whatever is left below
+# DIR: mounts (deepest first; FUSE ones after the loop devices on them),
+# loop devices backed by files below it, processes naming it.
+sweep_dir() {
+	local dir="$1" mounts point fstype loop back pid
+	mounts="$(awk -v d="$dir/" '{ split($0, a, " - "); split(a[2], b, " "); if (index($5, d) == 1) print length($5), $5, b[1] }' /proc/self/mountinfo | sort -rn | cut -d' ' -f2-)"
+	while read -r point fstype; do
+		[[ -n "$point" && "$fstype" != fuse* ]] || continue
+		umount "$point" 2>/dev/null || umount -l "$point" 2>/dev/null || true
+	done <<<"$mounts"
+	for loop in /sys/block/loop*; do
+		back="$(cat "$loop/loop/backing_file" 2>/dev/null)" || continue
+		if [[ "$back" == "$dir/"* ]]; then losetup -d "/dev/${loop##*/}" 2>/dev/null || true; fi
+	done
+	while read -r point fstype; do
+		[[ -n "$point" && "$fstype" == fuse* ]] || continue
+		umount "$point" 2>/dev/null || umount -l "$point" 2>/dev/null || true
+	done <<<"$mounts"
+	for pid in $(pids_naming "$dir/"); do
+		kill "$pid" 2>/dev/null || true
+	done
 }

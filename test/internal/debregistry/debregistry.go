@@ -1,9 +1,12 @@
 // Package debregistry runs Debian's docker-registry (distribution 2.8) for
 // end-to-end tests: a real registry, with filesystem storage in a
-// directory of the test's, on a free 127.0.0.1 port.
+// directory of the test's, on a free 127.0.0.1 port. With WithAccessLog it
+// keeps an access log, so that a test can assert which blobs were
+// downloaded.
 package debregistry
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,31 +28,57 @@ const Binary = "docker-registry"
 type Registry struct {
 	// Addr is its host:port on 127.0.0.1.
 	Addr string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
+	// Storage is the root directory of its filesystem storage.
+	Storage string
+	cmd     *exec.Cmd
+	log     string
+	access  string // the access log; "" without WithAccessLog
+	done    chan struct{}
 }
 
-// Start runs docker-registry with its storage, config and log under dir
-// and waits until it answers /v2/.
-func Start(dir string) (*Registry, error) {
+type options struct {
+	accessLog bool
+	addr      string
+}
+
+// Option configures Start.
+type Option func(*options)
+
+// WithAccessLog turns the registry's access log on; Requests reads it.
+func WithAccessLog() Option { return func(o *options) { o.accessLog = true } }
+
+// WithAddr makes the registry listen on addr (127.0.0.1:PORT) instead of a
+// free port: to start a stopped registry again where it was.
+func WithAddr(addr string) Option { return func(o *options) { o.addr = addr } }
+
+// Start runs docker-registry with its storage, config and logs under dir
+// and waits until it answers /v2/. Starting it again on the same dir keeps
+// its storage (and appends to its access log).
+func Start(dir string, opts ...Option) (*Registry, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if _, err := exec.LookPath(Binary); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
+	addr := o.addr
+	if addr == "" {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		addr = fmt.Sprintf("127.0.0.1:%d", port)
 	}
 	storage := filepath.Join(dir, "storage")
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: %t
 storage:
   filesystem:
     rootdirectory: %s
@@ -55,7 +86,7 @@ storage:
     enabled: true
 http:
   addr: %s
-`, storage, addr)
+`, !o.accessLog, storage, addr)
 	cfgPath := filepath.Join(dir, "registry.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return nil, err
@@ -68,10 +99,21 @@ http:
 	defer logFile.Close()
 	cmd := exec.Command(Binary, "serve", cfgPath)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	r := &Registry{Addr: addr, Storage: storage, cmd: cmd, log: logPath, done: make(chan struct{})}
+	if o.accessLog {
+		// distribution writes its access log (combined log format) to
+		// stdout and its other logs to stderr.
+		r.access = filepath.Join(dir, "access.log")
+		accessFile, err := os.OpenFile(r.access, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		defer accessFile.Close()
+		cmd.Stdout = accessFile
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	r := &Registry{Addr: addr, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(r.done) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -118,6 +160,61 @@ func (r *Registry) LogTail() string {
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return strings.Join(lines[max(0, len(lines)-20):], "\n")
+}
+
+// Request is one request of the access log.
+type Request struct {
+	Method string
+	Path   string // without the query
+	Status int
+}
+
+// Blob returns the repository and digest of a blob request
+// (/v2/REPO/blobs/DIGEST), or "", "" for any other request.
+func (q Request) Blob() (repo, digest string) {
+	rest, ok := strings.CutPrefix(q.Path, "/v2/")
+	if !ok {
+		return "", ""
+	}
+	i := strings.LastIndex(rest, "/blobs/")
+	if i <= 0 || strings.Contains(rest[i+len("/blobs/"):], "/") {
+		return "", ""
+	}
+	return rest[:i], rest[i+len("/blobs/"):]
+}
+
+func (q Request) String() string { return fmt.Sprintf("%s %s %d", q.Method, q.Path, q.Status) }
+
+// combined matches the request line and status of a combined-log-format line.
+var combined = regexp.MustCompile(`"([A-Z]+) ([^ "?]+)(?:\?[^ "]*)? HTTP/[0-9.]+" ([0-9]{3}) `)
+
+// Requests returns the requests the registry has answered, oldest first,
+// from the from-th on: pass the length of an earlier answer to get only
+// what came after it. It needs WithAccessLog.
+func (r *Registry) Requests(from int) ([]Request, error) {
+	if r.access == "" {
+		return nil, errors.New("registry started without WithAccessLog")
+	}
+	f, err := os.Open(r.access)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Request
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		m := combined.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		status, _ := strconv.Atoi(m[3])
+		out = append(out, Request{Method: m[1], Path: m[2], Status: status})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return out[min(from, len(out)):], nil
 }
 
 func freePort() (int, error) {

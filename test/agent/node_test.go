@@ -1,0 +1,509 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-project/sluice/test/internal/containerdtest"
+	"github.com/sluice-project/sluice/test/internal/leakcheck"
+)
+
+// nodeOpts says how to set a node up.
+type nodeOpts struct {
+	// snapshotter is "sluice" (sluiced as a proxy plugin, the default) or
+	// a built-in one such as "overlayfs" (no sluiced at all).
+	snapshotter string
+	// policy is sluiced's policy; "" keeps its default.
+	policy string
+	// registries are more registries (host:port) than the shared one,
+	// reached over plain HTTP by CRI and sluiced.
+	registries []string
+	// noSandbox skips importing the sandbox image, for tests that run no
+	// pod.
+	noSandbox bool
+}
+
+// node is one machine's worth of daemons: sluiced and containerd, with all
+// their state under dir.
+type node struct {
+	t          *testing.T
+	e          *env
+	dir        string
+	opts       nodeOpts
+	agent      *agentProc // nil without sluiced
+	containerd *containerdtest.Containerd
+	pods       int
+}
+
+// newNode starts sluiced (unless opts.snapshotter is a built-in one), then
+// containerd, and imports the sandbox image. Its cleanup tears it all down
+// and sweeps what is left below its dir.
+func newNode(t *testing.T, e *env, opts nodeOpts) *node {
+	t.Helper()
+	if opts.snapshotter == "" {
+		opts.snapshotter = "sluice"
+	}
+	dir, err := os.MkdirTemp("", "sluice-node-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &node{t: t, e: e, dir: dir, opts: opts}
+	t.Cleanup(n.teardown)
+	ctx := context.Background()
+	cfg := containerdtest.Config{
+		Dir:          filepath.Join(dir, "containerd"),
+		Snapshotter:  opts.snapshotter,
+		SandboxImage: sandboxRef,
+		Registries:   append([]string{e.registry.Addr}, opts.registries...),
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if opts.snapshotter == "sluice" {
+		n.agent = n.startAgent(opts.policy)
+		cfg.ProxySocket = n.agent.socket
+	}
+	if n.containerd, err = containerdtest.Start(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !opts.noSandbox {
+		if err := n.containerd.Import(ctx, "k8s.io", opts.snapshotter, e.sandbox); err != nil {
+			t.Fatalf("importing the sandbox image: %v", err)
+		}
+	}
+	return n
+}
+
+// teardown removes pods and containers (CRI's and ctr's), stops containerd,
+// its shims and sluiced, and sweeps (and logs) what is left below the
+// node's dir.
+func (n *node) teardown() {
+	t := n.t
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if n.containerd != nil && n.containerd.Running() {
+		_, _ = n.containerd.Crictl(ctx, "rmp", "-fa")
+		for _, ns := range []string{"default", "k8s.io"} {
+			if out, err := n.containerd.Ctr(ctx, ns, "tasks", "ls", "-q"); err == nil {
+				for _, id := range strings.Fields(string(out)) {
+					_, _ = n.containerd.Ctr(ctx, ns, "tasks", "kill", "-s", "SIGKILL", id)
+					time.Sleep(200 * time.Millisecond)
+					_, _ = n.containerd.Ctr(ctx, ns, "tasks", "rm", "-f", id)
+				}
+			}
+		}
+		n.containerd.Stop()
+	}
+	if n.containerd != nil {
+		for _, pid := range n.containerd.Shims() {
+			t.Logf("killing shim %d left by containerd", pid)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if n.agent != nil {
+		n.agent.stop(t)
+		if t.Failed() {
+			t.Logf("sluiced log (end):\n%s", n.agent.logTail(60))
+		}
+	}
+	if n.containerd != nil && t.Failed() {
+		t.Logf("containerd log (end):\n%s", n.containerd.LogTail(40))
+	}
+	// sluiced keeps devices and image mounts when it exits (so that
+	// running containers keep their root filesystems): sweep them.
+	found, err := leakcheck.Sweep(n.dir)
+	if !found.Empty() {
+		t.Logf("swept after the node stopped:\n%s", found)
+	}
+	if err != nil {
+		t.Errorf("cleaning the node up: %v", err)
+		return
+	}
+	if err := os.RemoveAll(n.dir); err != nil {
+		t.Errorf("removing %s: %v", n.dir, err)
+	}
+}
+
+// crictl runs crictl and fails the test on error.
+func (n *node) crictl(args ...string) string {
+	n.t.Helper()
+	out, err := n.containerd.Crictl(context.Background(), args...)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// ctr runs ctr in namespace ns and fails the test on error.
+func (n *node) ctr(ns string, args ...string) string {
+	n.t.Helper()
+	out, err := n.containerd.Ctr(context.Background(), ns, args...)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// runPod starts a host-network pod sandbox and returns its ID and config.
+func (n *node) runPod(name string) (id, config string) {
+	n.t.Helper()
+	n.pods++
+	pod := map[string]any{
+		"metadata": map[string]any{"name": name, "namespace": "sluice-e2e", "uid": fmt.Sprintf("uid-%s-%d", name, n.pods), "attempt": 0},
+		"linux": map[string]any{"security_context": map[string]any{
+			"namespace_options": map[string]any{"network": 2}, // NODE: no CNI here
+		}},
+		"log_directory": filepath.Join(n.dir, "logs", fmt.Sprintf("%s-%d", name, n.pods)),
+	}
+	config = n.writeJSON(fmt.Sprintf("pod-%s-%d.json", name, n.pods), pod)
+	return n.crictl("runp", config), config
+}
+
+// createContainer creates (not starts) a container of image in pod.
+func (n *node) createContainer(pod, podConfig, name, image string, command ...string) string {
+	n.t.Helper()
+	return n.crictlRetry("create", pod, n.containerJSON(name, image, command...), podConfig)
+}
+
+// crictlRetry is crictl that retries for up to a minute while containerd
+// reports the snapshotter Unavailable: after sluiced restarts, containerd's
+// gRPC client to the proxy snapshotter is in reconnect backoff for a few
+// seconds (kubelet retries likewise).
+func (n *node) crictlRetry(args ...string) string {
+	n.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := n.containerd.Crictl(context.Background(), args...)
+		if err == nil {
+			return strings.TrimSpace(string(out))
+		}
+		if !strings.Contains(err.Error(), "code = Unavailable") || !strings.Contains(err.Error(), "snapshotter.sock") || time.Now().After(deadline) {
+			n.t.Fatal(err)
+		}
+		n.t.Logf("containerd does not reach sluiced yet; retrying: %v", err)
+		time.Sleep(time.Second)
+	}
+}
+
+// containerJSON writes a container config for crictl create.
+func (n *node) containerJSON(name, image string, command ...string) string {
+	n.t.Helper()
+	c := map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": image},
+		"command":  command,
+		"log_path": name + ".log",
+		"linux":    map[string]any{},
+	}
+	return n.writeJSON(fmt.Sprintf("ctr-%s-%d.json", name, time.Now().UnixNano()), c)
+}
+
+// runToExit creates and starts a container, waits for it to exit and
+// returns its output; a non-zero exit fails the test.
+func (n *node) runToExit(pod, podConfig, name, image string, command ...string) string {
+	n.t.Helper()
+	id := n.createContainer(pod, podConfig, name, image, command...)
+	n.crictl("start", id)
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		state := n.crictl("inspect", "-o", "go-template", "--template", "{{.status.state}} {{.status.exitCode}}", id)
+		if strings.HasPrefix(state, "CONTAINER_EXITED") {
+			logs := n.crictl("logs", id)
+			if state != "CONTAINER_EXITED 0" {
+				n.t.Fatalf("container %s of %s: %s; its output:\n%s", name, image, state, tail(logs, 20))
+			}
+			return logs
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("container %s of %s still %s after 3 min", name, image, state)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// listRootfs runs listScript in a new container of image in pod and
+// returns the listing.
+func (n *node) listRootfs(pod, podConfig, name, image string) listing {
+	n.t.Helper()
+	out := n.runToExit(pod, podConfig, name, image, "/bin/sh", "-c", listScript)
+	l, err := parseListing(out)
+	if err != nil {
+		n.t.Fatalf("container %s of %s: %v", name, image, err)
+	}
+	return l
+}
+
+// checkRootfs lists image's root filesystem in a new container and
+// compares it with the image's reference.
+func (n *node) checkRootfs(pod, podConfig, name string, ti *testImage) {
+	n.t.Helper()
+	got := n.listRootfs(pod, podConfig, name, ti.ref)
+	if d := ti.listing.diff(got, 30); len(d) > 0 {
+		n.t.Errorf("container %s of %s: root filesystem differs from the reference (%d entries vs %d):\n%s",
+			name, ti.ref, len(got), len(ti.listing), strings.Join(d, "\n"))
+	}
+}
+
+func (n *node) writeJSON(file string, v any) string {
+	n.t.Helper()
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	p := filepath.Join(n.dir, file)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		n.t.Fatal(err)
+	}
+	return p
+}
+
+// pull pulls through CRI, failing the test on error.
+func (n *node) pull(image string) {
+	n.t.Helper()
+	n.crictlRetry("pull", image)
+}
+
+// agentProc is a running sluiced.
+type agentProc struct {
+	cmd         *exec.Cmd
+	done        chan struct{}
+	config      string
+	logPath     string
+	socket      string // snapshotter gRPC
+	nbd         string // NBD exports
+	root        string
+	metricsAddr string // host:port
+}
+
+// agentConfig writes sluiced's config for this node and returns its path.
+func (n *node) agentConfig(policy string) (*agentProc, error) {
+	d := filepath.Join(n.dir, "sluiced")
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return nil, err
+	}
+	port, err := containerdtest.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	a := &agentProc{
+		config:      filepath.Join(d, "config.toml"),
+		logPath:     filepath.Join(d, "sluiced.log"),
+		socket:      filepath.Join(d, "snapshotter.sock"),
+		nbd:         filepath.Join(d, "nbd.sock"),
+		root:        filepath.Join(d, "root"),
+		metricsAddr: fmt.Sprintf("127.0.0.1:%d", port),
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "root = %q\naddress = %q\nnbd_socket = %q\nmetrics_address = %q\n", a.root, a.socket, a.nbd, a.metricsAddr)
+	plain := strings.Join(append([]string{strconv.Quote(n.e.registry.Addr)}, quoteAll(n.opts.registries)...), ", ")
+	fmt.Fprintf(&b, "log_level = \"debug\"\nattacher = \"portable\"\nplain_http = [%s]\n", plain)
+	if policy != "" {
+		fmt.Fprintf(&b, "policy = %q\n", policy)
+	}
+	fmt.Fprintf(&b, "\n[cache]\ndir = %q\nsize = \"1GiB\"\n", filepath.Join(d, "cache"))
+	if err := os.WriteFile(a.config, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// startAgent writes the config and starts sluiced.
+func (n *node) startAgent(policy string) *agentProc {
+	n.t.Helper()
+	a, err := n.agentConfig(policy)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if err := a.start(n.e.sluiced); err != nil {
+		n.t.Fatal(err)
+	}
+	return a
+}
+
+// start runs sluiced and waits for its socket and /healthz.
+func (a *agentProc) start(bin string) error {
+	logFile, err := os.OpenFile(a.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	a.cmd = exec.Command(bin, "--config", a.config)
+	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := a.cmd.Start(); err != nil {
+		return err
+	}
+	a.done = make(chan struct{})
+	done := a.done
+	go func() { _ = a.cmd.Wait(); close(done) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(a.socket); err == nil {
+			if resp, err := http.Get("http://" + a.metricsAddr + "/healthz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("sluiced exited during startup (%v):\n%s", a.cmd.ProcessState, a.logTail(30))
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sluiced not ready (socket %s, /healthz on %s) within 60 s:\n%s", a.socket, a.metricsAddr, a.logTail(30))
+		}
+	}
+}
+
+// stop sends SIGTERM (by PID) and waits; SIGKILL after 30 s fails the test.
+// A data race in its log fails the test too.
+func (a *agentProc) stop(t *testing.T) {
+	if a.cmd == nil {
+		return
+	}
+	select {
+	case <-a.done:
+	default:
+		_ = a.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-a.done:
+		case <-time.After(30 * time.Second):
+			_ = a.cmd.Process.Kill()
+			<-a.done
+			t.Errorf("sluiced did not exit within 30 s of SIGTERM")
+		}
+	}
+	if log, err := os.ReadFile(a.logPath); err == nil && strings.Contains(string(log), "WARNING: DATA RACE") {
+		t.Errorf("sluiced reported a data race:\n%s", log)
+	}
+}
+
+func (a *agentProc) logTail(lines int) string {
+	b, err := os.ReadFile(a.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	return tail(string(b), lines)
+}
+
+func (a *agentProc) log() string {
+	b, _ := os.ReadFile(a.logPath)
+	return string(b)
+}
+
+// metrics fetches /metrics and returns each sample, "name{labels}" ->
+// value.
+func (a *agentProc) metrics() (map[string]float64, error) {
+	resp, err := http.Get("http://" + a.metricsAddr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics: %s", resp.Status)
+	}
+	m := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+// sum adds the samples of metric name over all label values; ok is false
+// if there is no such metric.
+func sum(m map[string]float64, name string) (total float64, ok bool) {
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			total += v
+			ok = true
+		}
+	}
+	return total, ok
+}
+
+// metric returns sum(name) of sluiced's metrics and fails the test if the
+// metric is missing.
+func (n *node) metric(name string) float64 {
+	n.t.Helper()
+	m, err := n.agent.metrics()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	v, ok := sum(m, name)
+	if !ok {
+		var names []string
+		for k := range m {
+			names = append(names, k)
+		}
+		n.t.Fatalf("sluiced's /metrics has no %s; it has:\n%s", name, strings.Join(names, "\n"))
+	}
+	return v
+}
+
+// labelled returns sum(name) of sluiced's metrics, 0 if it is missing: a
+// metric with labels has no sample (not even a TYPE line) before its first
+// value.
+func (n *node) labelled(name string) float64 {
+	n.t.Helper()
+	m, err := n.agent.metrics()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	v, _ := sum(m, name)
+	return v
+}
+
+func quoteAll(ss []string) []string {
+	var q []string
+	for _, s := range ss {
+		q = append(q, strconv.Quote(s))
+	}
+	return q
+}
+
+func tail(s string, lines int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(l[max(0, len(l)-lines):], "\n")
+}
+
+var errTimeout = errors.New("timed out")
+
+// waitFor polls cond every 200 ms until it is true or d passes.
+func waitFor(d time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errTimeout
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return nil
+}

@@ -1,0 +1,319 @@
+// Package containerdtest runs a private containerd 1.6 (Debian's
+// containerd, with runc) for end-to-end tests: its root, state, sockets,
+// runc state and the CRI plugin's stream server are the test's own, so it
+// neither sees nor disturbs another containerd on the machine. The CRI
+// plugin is set up as on a node running sluiced: a configurable snapshotter
+// (a proxy plugin or a built-in one), snapshot annotations passed to the
+// snapshotter, host-network pods without CNI, a local sandbox image, and
+// plain-HTTP mirrors for local registries.
+package containerdtest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config says how to run containerd.
+type Config struct {
+	// Dir holds everything of this containerd: config, root, state,
+	// sockets, log. It must exist.
+	Dir string
+	// Snapshotter is the CRI plugin's snapshotter: "overlayfs", or the name
+	// of the proxy plugin ProxySocket serves.
+	Snapshotter string
+	// ProxySocket, if set, is the gRPC socket of a proxy snapshotter named
+	// Snapshotter. Start the snapshotter first: containerd dials it once
+	// and backs off for seconds on failure.
+	ProxySocket string
+	// SandboxImage is the CRI plugin's sandbox (pause) image; it must be
+	// in the k8s.io namespace before a pod starts (see Import).
+	SandboxImage string
+	// Registries (host:port) are reached over plain HTTP by CRI pulls.
+	Registries []string
+}
+
+// Containerd is a running containerd.
+type Containerd struct {
+	// Address is its gRPC socket.
+	Address string
+	cfg     Config
+	cmd     *exec.Cmd
+	log     string
+	done    chan struct{}
+}
+
+// Binary is containerd's command (Debian's containerd package).
+const Binary = "containerd"
+
+// Start writes the config and runs containerd, and waits until it answers.
+func Start(ctx context.Context, cfg Config) (*Containerd, error) {
+	for _, bin := range []string{Binary, "ctr", "runc", "containerd-shim-runc-v2"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Snapshotter == "" {
+		cfg.Snapshotter = "overlayfs"
+	}
+	c := &Containerd{
+		Address: filepath.Join(cfg.Dir, "containerd.sock"),
+		cfg:     cfg,
+		log:     filepath.Join(cfg.Dir, "containerd.log"),
+		done:    make(chan struct{}),
+	}
+	cfgPath := filepath.Join(cfg.Dir, "containerd.toml")
+	if err := os.WriteFile(cfgPath, []byte(c.config()), 0o644); err != nil {
+		return nil, err
+	}
+	logFile, err := os.Create(c.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	c.cmd = exec.Command(Binary, "--config", cfgPath)
+	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
+	// Its own process group: a ^C meant for go test reaches it through
+	// the test's cleanup, in order, not all at once.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { _ = c.cmd.Wait(); close(c.done) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		// Ready when ctr can talk to it (the socket alone appears early).
+		if out, err := c.Ctr(ctx, "default", "version"); err == nil && bytes.Contains(out, []byte("Server:")) {
+			return c, nil
+		}
+		select {
+		case <-c.done:
+			return nil, fmt.Errorf("containerd exited during startup: %s", c.LogTail(30))
+		case <-ctx.Done():
+			c.Stop()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.Stop()
+			return nil, fmt.Errorf("containerd did not answer on %s within 60 s: %s", c.Address, c.LogTail(30))
+		}
+	}
+}
+
+// config returns containerd's config (version 2, as containerd 1.6 reads it).
+func (c *Containerd) config() string {
+	d := c.cfg.Dir
+	var b strings.Builder
+	fmt.Fprintf(&b, `version = 2
+root = %q
+state = %q
+# Not shared with the host's containerd, nor with other tests'.
+plugin_dir = ""
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "info"
+`, filepath.Join(d, "root"), filepath.Join(d, "state"), c.Address, c.Address+".ttrpc")
+	if c.cfg.ProxySocket != "" {
+		fmt.Fprintf(&b, `
+[proxy_plugins.%s]
+  type = "snapshot"
+  address = %q
+`, c.cfg.Snapshotter, c.cfg.ProxySocket)
+	}
+	fmt.Fprintf(&b, `
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  # root lacks CAP_SYS_RESOURCE in this kind of VM
+  restrict_oom_score_adj = true
+  # a free port, not the default 10010 another containerd may hold
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = %q
+    # pass containerd.io/snapshot/cri.* labels to the snapshotter
+    disable_snapshot_annotations = false
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = %q
+`, filepath.Join(d, "opt"), c.cfg.SandboxImage, c.cfg.Snapshotter, filepath.Join(d, "runc"))
+	for _, r := range c.cfg.Registries {
+		fmt.Fprintf(&b, `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
+    endpoint = ["http://%s"]
+`, r, r)
+	}
+	return b.String()
+}
+
+// Stop asks containerd to exit (SIGTERM, by PID) and waits for it. Shims
+// of containers still running outlive it: remove them first, or kill
+// Shims().
+func (c *Containerd) Stop() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(20 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// Running reports whether the containerd process is alive.
+func (c *Containerd) Running() bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// LogTail returns the last n lines of containerd's log.
+func (c *Containerd) LogTail(n int) string {
+	b, err := os.ReadFile(c.log)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// Log returns containerd's whole log.
+func (c *Containerd) Log() string {
+	b, _ := os.ReadFile(c.log)
+	return string(b)
+}
+
+// Ctr runs ctr against this containerd in namespace ns and returns its
+// standard output; the error includes its standard error.
+func (c *Containerd) Ctr(ctx context.Context, ns string, args ...string) ([]byte, error) {
+	return run(ctx, "ctr", append([]string{"--address", c.Address, "--namespace", ns}, args...)...)
+}
+
+// Crictl runs crictl against this containerd's CRI plugin and returns its
+// standard output; the error includes its standard error.
+func (c *Containerd) Crictl(ctx context.Context, args ...string) ([]byte, error) {
+	bin, err := CrictlPath()
+	if err != nil {
+		return nil, err
+	}
+	ep := "unix://" + c.Address
+	conf := filepath.Join(c.cfg.Dir, "crictl.yaml")
+	if _, err := os.Stat(conf); err != nil {
+		// An empty config of its own, so that /etc/crictl.yaml is not read.
+		if err := os.WriteFile(conf, nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return run(ctx, bin, append([]string{"--config", conf, "--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "2m"}, args...)...)
+}
+
+// CrictlPath finds crictl: in $SLUICE_TOOLS_BIN (the Makefile sets it to
+// bin/tools, where scripts/install-deps.sh installs it), else in PATH.
+func CrictlPath() (string, error) {
+	if dir := os.Getenv("SLUICE_TOOLS_BIN"); dir != "" {
+		p := filepath.Join(dir, "crictl")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("crictl")
+	if err != nil {
+		return "", fmt.Errorf("crictl not in $SLUICE_TOOLS_BIN nor PATH (scripts/install-deps.sh installs it into bin/tools): %w", err)
+	}
+	return p, nil
+}
+
+// Import loads an image archive (docker save or OCI format) into namespace
+// ns and unpacks it into snapshotter.
+func (c *Containerd) Import(ctx context.Context, ns, snapshotter, archive string) error {
+	_, err := c.Ctr(ctx, ns, "images", "import", "--snapshotter", snapshotter, archive)
+	return err
+}
+
+// Shims returns the PIDs of the shims this containerd started (those
+// whose command line names its address).
+func (c *Containerd) Shims() []int {
+	return findProcs(func(args []string) bool {
+		if len(args) == 0 || filepath.Base(args[0]) != "containerd-shim-runc-v2" {
+			return false
+		}
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-address" && args[i+1] == c.Address {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// findProcs returns the PIDs of the processes whose argv match.
+func findProcs(match func(args []string) bool) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if match(strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// run runs a command with a bound on its time and returns its standard
+// output; the error includes its standard error (and standard output).
+func run(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := bytes.TrimSpace(append(stderr.Bytes(), stdout.Bytes()...))
+		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, msg)
+	}
+	return stdout.Bytes(), nil
+}
+
+// FreePort returns a free TCP port on 127.0.0.1.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	a, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		return 0, errors.New("not a TCP address")
+	}
+	return a.Port, nil
+}
