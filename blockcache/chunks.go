@@ -46,10 +46,12 @@ type loader struct {
 	inflight map[[32]byte]*call
 }
 
-// call is one chunk being fetched; every reader that needs it waits on done.
+// call is one chunk being fetched; every reader that needs it waits on
+// done, and background loads also on stored.
 type call struct {
-	index int // a chunk index with this digest
-	done  chan struct{}
+	index  int // a chunk index with this digest
+	done   chan struct{}
+	stored chan struct{} // closed once the store has been written (or failed)
 	data  []byte
 	err   error
 	fg    *atomic.Bool // the priority of the fetch it belongs to
@@ -105,6 +107,16 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 			case <-ctx.Done():
 				return nil, misses, fmt.Errorf("waiting for chunk %d: %w", idxs[k], context.Cause(ctx))
 			}
+			if !fg {
+				// Background fetch is done once chunks are stored, not
+				// merely served; this also keeps it from running ahead of
+				// the disk.
+				select {
+				case <-c.stored:
+				case <-ctx.Done():
+					return nil, misses, fmt.Errorf("waiting for chunk %d to be stored: %w", idxs[k], context.Cause(ctx))
+				}
+			}
 			switch {
 			case c.err == nil:
 				out[k] = c.data
@@ -144,11 +156,11 @@ func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]
 		}
 		// A fetch may have finished since the store was asked.
 		if b, ok := l.store.Get(ctx, d); ok {
-			c := &call{index: i, data: b, done: closedChan}
+			c := &call{index: i, data: b, done: closedChan, stored: closedChan}
 			calls[d] = c
 			continue
 		}
-		c := &call{index: i, done: make(chan struct{})}
+		c := &call{index: i, done: make(chan struct{}), stored: make(chan struct{})}
 		l.inflight[d] = c
 		calls[d] = c
 		owned = append(owned, c)
@@ -190,8 +202,8 @@ func (l *loader) group(owned []*call, fg bool) []*fetchGroup {
 	return groups
 }
 
-// run fetches a group, verifies and stores each chunk, and wakes its
-// waiters.
+// run fetches a group, verifies each chunk and wakes its waiters, then
+// stores the group's chunks.
 func (l *loader) run(g *fetchGroup) {
 	defer l.wg.Done()
 	ctx := l.base
@@ -199,21 +211,25 @@ func (l *loader) run(g *fetchGroup) {
 	weight := min(g.end-g.off, fetchMemory)
 	if err := l.store.fetchMem.Acquire(ctx, weight); err != nil {
 		for _, c := range g.calls {
-			l.finish(ctx, c, nil, err)
+			l.wake(c, nil, err)
+			l.finish(ctx, c)
 		}
 		return
 	}
-	defer l.store.fetchMem.Release(weight)
 	raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
 	for _, c := range g.calls {
 		if groupErr != nil {
-			l.finish(ctx, c, nil, groupErr)
+			l.wake(c, nil, groupErr)
 			continue
 		}
 		ch := l.ix.Chunks[c.index]
 		start := int64(ch.Offset) - g.off
 		data, err := l.verified(ctx, c, raw[start:start+int64(ch.Length)])
-		l.finish(ctx, c, data, err)
+		l.wake(c, data, err)
+	}
+	l.store.fetchMem.Release(weight)
+	for _, c := range g.calls {
+		l.finish(ctx, c)
 	}
 }
 
@@ -275,20 +291,34 @@ func (l *loader) decode(i int, comp []byte) ([]byte, error) {
 	return data, nil
 }
 
-// finish stores a verified chunk, then lets its waiters go. The store is
-// written before the call leaves inflight, so a reader never misses both.
-func (l *loader) finish(ctx context.Context, c *call, data []byte, err error) {
+// wake hands a chunk's verified bytes (or its error) to its waiters, before
+// the chunk file is written: a fault is answered as soon as the bytes are
+// known good. The call stays in inflight until finish, so a reader that
+// comes meanwhile joins it instead of fetching again.
+// A foreground chunk goes to the store's memory first, where readers of
+// other images on the same store find it too.
+func (l *loader) wake(c *call, data []byte, err error) {
+	if err == nil && c.fg.Load() {
+		l.store.hot.put(l.ix.Chunks[c.index].Digest, data)
+	}
+	c.data, c.err = data, err
+	close(c.done)
+}
+
+// finish stores a woken call's verified chunk, then forgets the call. The
+// store is written before the call leaves inflight, so a reader never
+// misses both.
+func (l *loader) finish(ctx context.Context, c *call) {
 	d := l.ix.Chunks[c.index].Digest
-	if err == nil {
-		if perr := l.store.put(ctx, d, data, c.fg.Load()); perr != nil {
+	if c.err == nil {
+		if perr := l.store.put(ctx, d, c.data, c.fg.Load()); perr != nil {
 			zerolog.Ctx(ctx).Debug().Err(perr).Int("chunk", c.index).Msg("chunk served but not cached")
 		}
 	}
 	l.mu.Lock()
 	delete(l.inflight, d)
 	l.mu.Unlock()
-	c.data, c.err = data, err
-	close(c.done)
+	close(c.stored)
 }
 
 // close waits for fetches in flight and stops new ones.

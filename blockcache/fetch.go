@@ -258,7 +258,27 @@ func checkContentRange(h string, off, n, size int64) error {
 // (one build at a time, each waiter bounded by its own ctx); a failure
 // (registry down) is retried by the caller like any transient error.
 func (f *RangeFetcher) httpClient(ctx context.Context) (*http.Client, error) {
+	in := f.startInit(ctx)
+	select {
+	case <-in.done:
+		return in.client, in.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// Warm builds the client in the background: the registry ping, the token
+// exchange and the TCP connection the ping leaves in the idle pool are then
+// done before the first fault needs them, instead of adding their round
+// trips to it. It returns at once and never fails; if the registry cannot
+// be reached now, the first fetch tries again.
+func (f *RangeFetcher) Warm(ctx context.Context) { f.startInit(ctx) }
+
+// startInit returns the client build in progress or done, starting one if
+// there is none or the last one failed.
+func (f *RangeFetcher) startInit(ctx context.Context) *clientInit {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	in := f.init
 	if in == nil || (isClosed(in.done) && in.err != nil) {
 		in = &clientInit{done: make(chan struct{})}
@@ -271,13 +291,7 @@ func (f *RangeFetcher) httpClient(ctx context.Context) (*http.Client, error) {
 			close(in.done)
 		}()
 	}
-	f.mu.Unlock()
-	select {
-	case <-in.done:
-		return in.client, in.err
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
+	return in
 }
 
 func isClosed(c chan struct{}) bool {

@@ -45,8 +45,10 @@ var _ interface {
 
 // Open serves the image of art from store, fetching what is missing from
 // art's repository. ctx carries the logger; the image lives until Close,
-// not until ctx ends. Opening makes no request: a fully cached image reads
-// with the registry down. Prefetch, if any, starts at once.
+// not until ctx ends. Opening does not wait for the registry: a fully cached
+// image reads with the registry down. It starts, in the background, the
+// registry client (ping, token, a kept-alive connection), so the first
+// fault pays only its own range request; and prefetch, if any.
 func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Option) (*Image, error) {
 	if art == nil || art.Index == nil {
 		return nil, errors.New("open image: artifact without an index")
@@ -74,6 +76,8 @@ func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Op
 	var fetch rangeFetcher = im.fetcher
 	if cfg.fetcher != nil {
 		fetch = cfg.fetcher
+	} else {
+		im.fetcher.Warm(base)
 	}
 	im.loader = &loader{
 		ix: im.ix, fetch: fetch, store: store, dec: dec,
