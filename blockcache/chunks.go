@@ -52,9 +52,9 @@ type call struct {
 	index  int // a chunk index with this digest
 	done   chan struct{}
 	stored chan struct{} // closed once the store has been written (or failed)
-	data  []byte
-	err   error
-	fg    *atomic.Bool // the priority of the fetch it belongs to
+	data   []byte
+	err    error
+	fg     *atomic.Bool // the priority of the fetch it belongs to
 }
 
 // fetchGroup is a run of chunks adjacent in the data blob, fetched with one
