@@ -3,6 +3,7 @@ package blockcache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -140,6 +141,23 @@ func TestTruncatedBodies(t *testing.T) {
 	if s := im.Stats(); s.Fetcher.Retries != 2 {
 		t.Errorf("%d retries after 2 truncated bodies", s.Fetcher.Retries)
 	}
+	// Each retry asks only for the bytes not yet had: the same end, a
+	// later start.
+	_, ranges := e.faults.counts()
+	if len(ranges) != 3 {
+		t.Fatalf("ranges sent: %q, want 3", ranges)
+	}
+	var prevFirst, prevLast int64 = -1, -1
+	for _, r := range ranges {
+		var first, last int64
+		if _, err := fmt.Sscanf(r, "bytes=%d-%d", &first, &last); err != nil {
+			t.Fatalf("range %q: %v", r, err)
+		}
+		if prevLast >= 0 && (first <= prevFirst || last != prevLast) {
+			t.Errorf("ranges sent: %q: a retry did not resume after the bytes had", ranges)
+		}
+		prevFirst, prevLast = first, last
+	}
 }
 
 func TestFetchRangeBounds(t *testing.T) {
@@ -208,4 +226,21 @@ func TestClientWarmedAtOpen(t *testing.T) {
 	if gets, _ := e.faults.counts(); calls != 1 || gets != 1 {
 		t.Errorf("the first fault made %d token requests and %d blob GETs, want 1 token request in all and 1 GET", calls, gets)
 	}
+}
+
+// TestAlwaysTruncated: a range whose body always breaks off midway fails
+// the read at its deadline (the chunks decoded as bytes arrive get the
+// fetch's error, nothing hangs), and nothing of it is cached.
+func TestAlwaysTruncated(t *testing.T) {
+	e := newEnv(t)
+	e.faults.set(func(h *faultHandler) { h.truncate = -1 })
+	im := e.open(WithReadTimeout(300 * time.Millisecond))
+	first := e.f.storedChunk(t, 7)
+	off, _ := e.chunkRange(first)
+	n := 3 * e.art.Index.ChunkSize
+	if _, err := im.ReadAt(make([]byte, n), off); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("read of always-truncated chunks: %v, want ErrTimeout", err)
+	}
+	e.faults.set(func(h *faultHandler) { h.truncate = 0 })
+	e.read(im, off, n)
 }
