@@ -45,8 +45,6 @@ type loader struct {
 	fetchTimeout time.Duration
 	stats        *counters
 
-	streams sync.Pool // of *zstd.Decoder, for decoding as bytes arrive
-
 	base context.Context // the image's lifetime; fetches outlive the reads that start them
 	wg   sync.WaitGroup
 
@@ -257,8 +255,14 @@ func (l *loader) fetchGroup(g *fetchGroup) {
 		}
 		return
 	}
-	if sf, ok := l.fetch.(streamFetcher); ok {
-		l.runStreaming(ctx, g, sf)
+	var dec *zstd.Decoder
+	sf, ok := l.fetch.(streamFetcher)
+	if ok && g.fg.Load() {
+		dec = l.store.streamDecoder(l.ix.ChunkSize)
+	}
+	if dec != nil {
+		l.runStreaming(ctx, g, sf, dec)
+		l.store.putStreamDecoder(l.ix.ChunkSize, dec)
 	} else {
 		raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
 		for _, c := range g.calls {
@@ -275,13 +279,14 @@ func (l *loader) fetchGroup(g *fetchGroup) {
 	l.store.fetchMem.Release(weight)
 }
 
-// runStreaming fetches a group on a second goroutine while this one
+// runStreaming (foreground groups, while a stream decoder is free) fetches
+// a group on a second goroutine while this one
 // decodes and hashes its chunks as their bytes arrive, so that once the
 // last byte is in, only the last block remains to decode: a fault is
 // answered about a decode sooner. Chunks are woken in blob order as each
 // verifies. A chunk whose bytes all came but do not verify goes through
 // verified (one refetch of it alone), as without streaming.
-func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetcher) {
+func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetcher, dec *zstd.Decoder) {
 	raw := make([]byte, g.end-g.off)
 	a := newArrival(raw)
 	fetched := make(chan struct{})
@@ -293,7 +298,7 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 		ch := l.ix.Chunks[c.index]
 		start := int64(ch.Offset) - g.off
 		end := start + int64(ch.Length)
-		data, err := l.decodeStream(c.index, a.section(start, end))
+		data, err := l.decodeStream(dec, c.index, a.section(start, end))
 		if err == nil {
 			l.wake(c, data, nil)
 			continue
@@ -331,14 +336,9 @@ func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetche
 
 // decodeStream decodes chunk i from r as its bytes come, hashing as it
 // goes, and checks length and digest like decode.
-func (l *loader) decodeStream(i int, r io.Reader) ([]byte, error) {
+func (l *loader) decodeStream(dec *zstd.Decoder, i int, r io.Reader) ([]byte, error) {
 	ch := &l.ix.Chunks[i]
 	want := l.ix.ChunkLen(i)
-	dec, err := l.streamDecoder()
-	if err != nil {
-		return nil, err
-	}
-	defer l.putStreamDecoder(dec)
 	if err := dec.Reset(r); err != nil {
 		return nil, fmt.Errorf("chunk %d (sha256:%x): %w: zstd: %v", i, ch.Digest, ErrChunkCorrupt, err)
 	}
@@ -361,21 +361,6 @@ func (l *loader) decodeStream(i int, r io.Reader) ([]byte, error) {
 		return nil, fmt.Errorf("chunk %d (sha256:%x): %w", i, ch.Digest, ErrChunkCorrupt)
 	}
 	return data, nil
-}
-
-// streamDecoder returns a pooled synchronous stream decoder, whose window
-// is capped at the chunk size like the shared decoder's.
-func (l *loader) streamDecoder() (*zstd.Decoder, error) {
-	if d, ok := l.streams.Get().(*zstd.Decoder); ok {
-		return d, nil
-	}
-	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(l.ix.ChunkSize)),
-		zstd.WithDecoderMaxWindow(uint64(max(l.ix.ChunkSize, zstd.MinWindowSize))))
-}
-
-func (l *loader) putStreamDecoder(d *zstd.Decoder) {
-	_ = d.Reset(nil) // drop the reference to the section reader
-	l.streams.Put(d)
 }
 
 // arrival is a range being fetched into buf: how much of it is in, and
