@@ -260,23 +260,37 @@ func (l *loader) fetchGroup(g *fetchGroup) {
 	if ok && g.fg.Load() {
 		dec = l.store.streamDecoder(l.ix.ChunkSize)
 	}
-	if dec != nil {
-		l.runStreaming(ctx, g, sf, dec)
+	switch {
+	case dec != nil:
+		raw := l.store.raws.get(int(g.end - g.off))
+		l.runStreaming(ctx, g, sf, dec, raw)
 		l.store.putStreamDecoder(l.ix.ChunkSize, dec)
-	} else {
+		l.store.raws.put(raw)
+	case ok:
+		raw := l.store.raws.get(int(g.end - g.off))
+		groupErr := l.fetchInto(ctx, &g.fg, sf, g.off, raw, nil)
+		l.verifyGroup(ctx, g, raw, groupErr)
+		l.store.raws.put(raw)
+	default:
 		raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
-		for _, c := range g.calls {
-			if groupErr != nil {
-				l.wake(c, nil, groupErr)
-				continue
-			}
-			ch := l.ix.Chunks[c.index]
-			start := int64(ch.Offset) - g.off
-			data, err := l.verified(ctx, c, raw[start:start+int64(ch.Length)])
-			l.wake(c, data, err)
-		}
+		l.verifyGroup(ctx, g, raw, groupErr)
 	}
 	l.store.fetchMem.Release(weight)
+}
+
+// verifyGroup decodes and verifies the chunks of a group fetched whole
+// into raw (or failed with groupErr), and wakes their waiters.
+func (l *loader) verifyGroup(ctx context.Context, g *fetchGroup, raw []byte, groupErr error) {
+	for _, c := range g.calls {
+		if groupErr != nil {
+			l.wake(c, nil, groupErr)
+			continue
+		}
+		ch := l.ix.Chunks[c.index]
+		start := int64(ch.Offset) - g.off
+		data, err := l.verified(ctx, c, raw[start:start+int64(ch.Length)])
+		l.wake(c, data, err)
+	}
 }
 
 // runStreaming (foreground groups, while a stream decoder is free) fetches
@@ -286,8 +300,7 @@ func (l *loader) fetchGroup(g *fetchGroup) {
 // answered about a decode sooner. Chunks are woken in blob order as each
 // verifies. A chunk whose bytes all came but do not verify goes through
 // verified (one refetch of it alone), as without streaming.
-func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetcher, dec *zstd.Decoder) {
-	raw := make([]byte, g.end-g.off)
+func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetcher, dec *zstd.Decoder, raw []byte) {
 	a := newArrival(raw)
 	fetched := make(chan struct{})
 	go func() {

@@ -78,6 +78,8 @@ type Store struct {
 	// streams are the stream decoders of each chunk size (about 0.8 MiB
 	// each at 256 KiB): at most maxStreamDecoders, idle ones kept.
 	streams map[int64]*streamPool
+	// raws recycles the buffers ranges are fetched into.
+	raws rawPool
 }
 
 type entry struct {

@@ -755,13 +755,14 @@ if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirt
 		echo "first-byte latency: single 4 KiB reads of far-apart cold chunks, $FIRST_BYTE_READS per process x $REPEAT processes, per origin;"
 		echo "  budget = rtt + stored chunk bytes / bandwidth + ${TARGET_FIRST_BYTE_SLACK_MS} ms, per read; raw = plain HTTP GET of the"
 		echo "  same chunk through the same proxy, alternating with the read (network + registry, no sluice); origin ="
-		echo "  the same GET straight from the registry, no proxy (the registry's own service time)"
+		echo "  the same GET straight from the registry, no proxy (the registry's own service time); proxy+ = raw GET"
+		echo "  - (rtt + transfer + origin): what the proxy adds beyond its model (its own hop, sleep overshoot)"
 		declare -A fb_ratio fb_over
 		declare -A origin_name=([dreg]=docker-registry [mem]=memregistry)
 		declare -A origin_label=([dreg]="docker-registry (Debian's, filesystem storage)" [mem]="memregistry (go-containerregistry in-process, near-zero service time)")
 		for origin in "${origins[@]}"; do
 			echo "  origin: ${origin_label[$origin]}"
-			printf '%-8s %10s %10s %10s %10s %12s %14s %14s %9s\n' "chunk" "sluice" "budget" "raw GET" "origin" "sluice-raw" "sluice/budget" "1st read/proc" "mean KiB"
+			printf '%-8s %10s %10s %10s %10s %9s %12s %14s %14s %9s\n' "chunk" "sluice" "budget" "raw GET" "origin" "proxy+" "sluice-raw" "sluice/budget" "1st read/proc" "mean KiB"
 			for cs in "${sizes[@]}"; do
 				tag="$(tag_of "$cs")"
 				k="$origin,$tag"
@@ -771,17 +772,18 @@ if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirt
 				s_med="$(awk '{print $3}' <<<"$all" | median)"
 				raw_med="$(awk '{print $4}' <<<"$all" | median)"
 				direct_med="$(awk '{print $5}' <<<"$all" | median)"
+				proxy_over="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" '{print $4 - rtt - $2 / bw * 1e6 - $5}' <<<"$all" | median)"
 				b_med="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" -v slack=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) '{print rtt + $2 / bw * 1e6 + slack}' <<<"$all" | median)"
 				fb_over[$k]="$(awk '{print $3 - $4}' <<<"$all" | median)"
 				fb_ratio[$k]="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" -v slack=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) '{print $3 / (rtt + $2 / bw * 1e6 + slack)}' <<<"$all" | median)"
 				kib="$(awk '{s += $2; n++} END {printf "%.0f", s / n / 1024}' <<<"$all")"
-				printf '%-8s %8.1fms %8.1fms %8.1fms %8.1fms %10.1fms %13.2fx %12.1fms %9s\n' "$cs" "$(awk -v v="$s_med" 'BEGIN {print v / 1000}')" \
+				printf '%-8s %8.1fms %8.1fms %8.1fms %8.1fms %7.1fms %10.1fms %13.2fx %12.1fms %9s\n' "$cs" "$(awk -v v="$s_med" 'BEGIN {print v / 1000}')" \
 					"$(awk -v v="$b_med" 'BEGIN {print v / 1000}')" "$(awk -v v="$raw_med" 'BEGIN {print v / 1000}')" \
-					"$(awk -v v="$direct_med" 'BEGIN {print v / 1000}')" \
+					"$(awk -v v="$direct_med" 'BEGIN {print v / 1000}')" "$(awk -v v="$proxy_over" 'BEGIN {print v / 1000}')" \
 					"$(awk -v v="${fb_over[$k]}" 'BEGIN {print v / 1000}')" "${fb_ratio[$k]}" "$(awk -v v="$firsts" 'BEGIN {print v / 1000}')" "$kib"
 			done
 		done
-		echo "  (sluice-raw and sluice/budget are medians of per-read values)"
+		echo "  (proxy+, sluice-raw and sluice/budget are medians of per-read values)"
 		echo
 		for cs in "${sizes[@]}"; do
 			tag="$(tag_of "$cs")"
