@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,12 @@ var ErrChunkCorrupt = errors.New("chunk does not match its digest")
 // rangeFetcher is what the loader needs of a RangeFetcher.
 type rangeFetcher interface {
 	FetchRange(ctx context.Context, off, n int64) ([]byte, error)
+}
+
+// streamFetcher is the part of RangeFetcher that lets the loader decode
+// and hash chunks while the rest of their range is still arriving.
+type streamFetcher interface {
+	FetchInto(ctx context.Context, off int64, dst []byte, progress func(filled int)) error
 }
 
 // loader turns chunk indices into verified chunk bytes: from the store, or
@@ -46,13 +53,15 @@ type loader struct {
 	inflight map[[32]byte]*call
 }
 
-// call is one chunk being fetched; every reader that needs it waits on done.
+// call is one chunk being fetched; every reader that needs it waits on
+// done, and background loads also on stored.
 type call struct {
-	index int // a chunk index with this digest
-	done  chan struct{}
-	data  []byte
-	err   error
-	fg    *atomic.Bool // the priority of the fetch it belongs to
+	index  int // a chunk index with this digest
+	done   chan struct{}
+	stored chan struct{} // closed once the store has been written (or failed)
+	data   []byte
+	err    error
+	fg     *atomic.Bool // the priority of the fetch it belongs to
 }
 
 // fetchGroup is a run of chunks adjacent in the data blob, fetched with one
@@ -93,10 +102,11 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 	// A fetch joined late may fail on its own deadline while this read
 	// still has time: then start another.
 	for len(need) > 0 {
-		calls, err := l.start(ctx, idxs, need, fg)
+		calls, groups, err := l.start(ctx, idxs, need, fg)
 		if err != nil {
 			return nil, misses, err
 		}
+		l.launch(groups, fg)
 		var again []int
 		for _, k := range need {
 			c := calls[l.ix.Chunks[idxs[k]].Digest]
@@ -104,6 +114,16 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 			case <-c.done:
 			case <-ctx.Done():
 				return nil, misses, fmt.Errorf("waiting for chunk %d: %w", idxs[k], context.Cause(ctx))
+			}
+			if !fg {
+				// Background fetch is done once chunks are stored, not
+				// merely served; this also keeps it from running ahead of
+				// the disk.
+				select {
+				case <-c.stored:
+				case <-ctx.Done():
+					return nil, misses, fmt.Errorf("waiting for chunk %d to be stored: %w", idxs[k], context.Cause(ctx))
+				}
 			}
 			switch {
 			case c.err == nil:
@@ -119,14 +139,15 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 	return out, misses, nil
 }
 
-// start joins fetches in flight and starts new ones for the rest.
-func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]byte]*call, error) {
+// start joins fetches in flight and sets up new ones for the rest, which
+// the caller launches.
+func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]byte]*call, []*fetchGroup, error) {
 	calls := make(map[[32]byte]*call, len(need))
 	var owned []*call
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	promote := false
 	for _, k := range need {
@@ -144,11 +165,11 @@ func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]
 		}
 		// A fetch may have finished since the store was asked.
 		if b, ok := l.store.Get(ctx, d); ok {
-			c := &call{index: i, data: b, done: closedChan}
+			c := &call{index: i, data: b, done: closedChan, stored: closedChan}
 			calls[d] = c
 			continue
 		}
-		c := &call{index: i, done: make(chan struct{})}
+		c := &call{index: i, done: make(chan struct{}), stored: make(chan struct{})}
 		l.inflight[d] = c
 		calls[d] = c
 		owned = append(owned, c)
@@ -159,10 +180,28 @@ func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]
 	if promote {
 		l.sched.promote()
 	}
-	for _, g := range groups {
+	return calls, groups, nil
+}
+
+// launch runs fetch groups. A foreground read fetches its first group
+// itself rather than handing it to a goroutine and waiting: one wake-up
+// fewer between the last byte arriving and the read being answered. Its
+// chunk files are still written afterwards, in the background.
+func (l *loader) launch(groups []*fetchGroup, fg bool) {
+	if len(groups) == 0 {
+		return
+	}
+	first := 0
+	if fg {
+		first = 1
+	}
+	for _, g := range groups[first:] {
 		go l.run(g)
 	}
-	return calls, nil
+	if fg {
+		l.fetchGroup(groups[0])
+		go l.storeGroup(groups[0])
+	}
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -190,31 +229,226 @@ func (l *loader) group(owned []*call, fg bool) []*fetchGroup {
 	return groups
 }
 
-// run fetches a group, verifies and stores each chunk, and wakes its
-// waiters.
+// run fetches a group, verifies each chunk and wakes its waiters, then
+// stores the group's chunks.
 func (l *loader) run(g *fetchGroup) {
+	l.fetchGroup(g)
+	l.storeGroup(g)
+}
+
+// storeGroup stores a fetched group's chunks and forgets its calls.
+func (l *loader) storeGroup(g *fetchGroup) {
 	defer l.wg.Done()
+	for _, c := range g.calls {
+		l.finish(l.base, c)
+	}
+}
+
+// fetchGroup fetches a group, verifies each chunk and wakes its waiters.
+func (l *loader) fetchGroup(g *fetchGroup) {
 	ctx := l.base
 	// Hold the store-wide fetch memory until the raw bytes are decoded.
 	weight := min(g.end-g.off, fetchMemory)
 	if err := l.store.fetchMem.Acquire(ctx, weight); err != nil {
 		for _, c := range g.calls {
-			l.finish(ctx, c, nil, err)
+			l.wake(c, nil, err)
 		}
 		return
 	}
-	defer l.store.fetchMem.Release(weight)
-	raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
+	var dec *zstd.Decoder
+	sf, ok := l.fetch.(streamFetcher)
+	if ok && g.fg.Load() {
+		dec = l.store.streamDecoder(l.ix.ChunkSize)
+	}
+	switch {
+	case dec != nil:
+		raw := l.store.raws.get(int(g.end - g.off))
+		l.runStreaming(ctx, g, sf, dec, raw)
+		l.store.putStreamDecoder(l.ix.ChunkSize, dec)
+		l.store.raws.put(raw)
+	case ok:
+		raw := l.store.raws.get(int(g.end - g.off))
+		groupErr := l.fetchInto(ctx, &g.fg, sf, g.off, raw, nil)
+		l.verifyGroup(ctx, g, raw, groupErr)
+		l.store.raws.put(raw)
+	default:
+		raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
+		l.verifyGroup(ctx, g, raw, groupErr)
+	}
+	l.store.fetchMem.Release(weight)
+}
+
+// verifyGroup decodes and verifies the chunks of a group fetched whole
+// into raw (or failed with groupErr), and wakes their waiters.
+func (l *loader) verifyGroup(ctx context.Context, g *fetchGroup, raw []byte, groupErr error) {
 	for _, c := range g.calls {
 		if groupErr != nil {
-			l.finish(ctx, c, nil, groupErr)
+			l.wake(c, nil, groupErr)
 			continue
 		}
 		ch := l.ix.Chunks[c.index]
 		start := int64(ch.Offset) - g.off
 		data, err := l.verified(ctx, c, raw[start:start+int64(ch.Length)])
-		l.finish(ctx, c, data, err)
+		l.wake(c, data, err)
 	}
+}
+
+// runStreaming (foreground groups, while a stream decoder is free) fetches
+// a group on a second goroutine while this one
+// decodes and hashes its chunks as their bytes arrive, so that once the
+// last byte is in, only the last block remains to decode: a fault is
+// answered about a decode sooner. Chunks are woken in blob order as each
+// verifies. A chunk whose bytes all came but do not verify goes through
+// verified (one refetch of it alone), as without streaming.
+func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetcher, dec *zstd.Decoder, raw []byte) {
+	a := newArrival(raw)
+	fetched := make(chan struct{})
+	go func() {
+		defer close(fetched)
+		a.finish(l.fetchInto(ctx, &g.fg, sf, g.off, raw, a.advance))
+	}()
+	for _, c := range g.calls {
+		ch := l.ix.Chunks[c.index]
+		start := int64(ch.Offset) - g.off
+		end := start + int64(ch.Length)
+		data, err := l.decodeStream(dec, c.index, a.section(start, end))
+		if err == nil {
+			l.wake(c, data, nil)
+			continue
+		}
+		if ferr := a.wait(end); ferr != nil {
+			l.wake(c, nil, ferr) // the fetch failed before this chunk was in
+			continue
+		}
+		data, err = l.verified(ctx, c, raw[start:end])
+		l.wake(c, data, err)
+	}
+	<-fetched
+}
+
+// fetchInto is fetchRange through a streamFetcher, reporting progress.
+func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetcher, off int64, dst []byte, progress func(int)) error {
+	release, err := l.sched.acquire(ctx, fg)
+	if err != nil {
+		return fmt.Errorf("waiting to fetch: %w", err)
+	}
+	defer release()
+	ctx, cancel := withTimeout(ctx, l.fetchTimeout)
+	defer cancel()
+	if err := sf.FetchInto(ctx, off, dst, progress); err != nil {
+		return err
+	}
+	n := int64(len(dst))
+	l.stats.fetches.Add(1)
+	l.stats.bytesFetched.Add(n)
+	if !fg.Load() {
+		l.stats.backgroundBytes.Add(n)
+	}
+	return nil
+}
+
+// decodeStream decodes chunk i from r as its bytes come, hashing as it
+// goes, and checks length and digest like decode.
+func (l *loader) decodeStream(dec *zstd.Decoder, i int, r io.Reader) ([]byte, error) {
+	ch := &l.ix.Chunks[i]
+	want := l.ix.ChunkLen(i)
+	if err := dec.Reset(r); err != nil {
+		return nil, fmt.Errorf("chunk %d (sha256:%x): %w: zstd: %v", i, ch.Digest, ErrChunkCorrupt, err)
+	}
+	data := make([]byte, want)
+	h := sha256.New()
+	for n := 0; n < len(data); {
+		k, err := dec.Read(data[n:])
+		h.Write(data[n : n+k])
+		n += k
+		if err != nil && n < len(data) {
+			return nil, fmt.Errorf("chunk %d (sha256:%x): %w: %d bytes, want %d: %v", i, ch.Digest, ErrChunkCorrupt, n, want, err)
+		}
+	}
+	// The frame must end here, its checksum (if any) checked.
+	var one [1]byte
+	if k, err := dec.Read(one[:]); k != 0 || err != io.EOF {
+		return nil, fmt.Errorf("chunk %d (sha256:%x): %w: more than %d bytes, or a bad frame end: %v", i, ch.Digest, ErrChunkCorrupt, want, err)
+	}
+	if [32]byte(h.Sum(nil)) != ch.Digest {
+		return nil, fmt.Errorf("chunk %d (sha256:%x): %w", i, ch.Digest, ErrChunkCorrupt)
+	}
+	return data, nil
+}
+
+// arrival is a range being fetched into buf: how much of it is in, and
+// how the fetch ended. Readers of a section wait for its bytes.
+type arrival struct {
+	buf    []byte
+	mu     sync.Mutex
+	cond   sync.Cond
+	filled int64
+	ended  bool
+	err    error
+}
+
+func newArrival(buf []byte) *arrival {
+	a := &arrival{buf: buf}
+	a.cond.L = &a.mu
+	return a
+}
+
+// advance records that buf[:filled] is in (and will not change).
+func (a *arrival) advance(filled int) {
+	a.mu.Lock()
+	a.filled = int64(filled)
+	a.mu.Unlock()
+	a.cond.Broadcast()
+}
+
+// finish records the end of the fetch.
+func (a *arrival) finish(err error) {
+	a.mu.Lock()
+	a.ended, a.err = true, err
+	a.mu.Unlock()
+	a.cond.Broadcast()
+}
+
+// wait blocks until buf[:end] is in, or the fetch ended without it: then
+// it returns why.
+func (a *arrival) wait(end int64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.filled < end && !a.ended {
+		a.cond.Wait()
+	}
+	switch {
+	case a.filled >= end:
+		return nil
+	case a.err != nil:
+		return a.err
+	}
+	return io.ErrUnexpectedEOF
+}
+
+// section reads buf[start:end] as it arrives.
+func (a *arrival) section(start, end int64) io.Reader {
+	return &arrivalReader{a: a, pos: start, end: end}
+}
+
+type arrivalReader struct {
+	a        *arrival
+	pos, end int64
+}
+
+func (r *arrivalReader) Read(p []byte) (int, error) {
+	if r.pos >= r.end {
+		return 0, io.EOF
+	}
+	if err := r.a.wait(r.pos + 1); err != nil {
+		return 0, err
+	}
+	r.a.mu.Lock()
+	filled := r.a.filled
+	r.a.mu.Unlock()
+	n := copy(p, r.a.buf[r.pos:min(filled, r.end)])
+	r.pos += int64(n)
+	return n, nil
 }
 
 // fetchRange waits for a slot at priority fg, then fetches with the fetch
@@ -275,20 +509,47 @@ func (l *loader) decode(i int, comp []byte) ([]byte, error) {
 	return data, nil
 }
 
-// finish stores a verified chunk, then lets its waiters go. The store is
-// written before the call leaves inflight, so a reader never misses both.
-func (l *loader) finish(ctx context.Context, c *call, data []byte, err error) {
+// wake hands a chunk's verified bytes (or its error) to its waiters, before
+// the chunk file is written: a fault is answered as soon as the bytes are
+// known good. The call stays in inflight until finish, so a reader that
+// comes meanwhile joins it instead of fetching again.
+// A foreground chunk goes to the store's memory first, where readers of
+// other images on the same store find it too.
+// A failed call leaves inflight at once, so a later read fetches anew
+// rather than joining the failure.
+func (l *loader) wake(c *call, data []byte, err error) {
 	d := l.ix.Chunks[c.index].Digest
-	if err == nil {
-		if perr := l.store.put(ctx, d, data, c.fg.Load()); perr != nil {
+	if err == nil && c.fg.Load() {
+		l.store.hot.put(d, data)
+	}
+	if err != nil {
+		l.forget(d, c)
+	}
+	c.data, c.err = data, err
+	close(c.done)
+}
+
+// forget removes c from inflight, unless another call has replaced it.
+func (l *loader) forget(d [32]byte, c *call) {
+	l.mu.Lock()
+	if l.inflight[d] == c {
+		delete(l.inflight, d)
+	}
+	l.mu.Unlock()
+}
+
+// finish stores a woken call's verified chunk, then forgets the call. The
+// store is written before the call leaves inflight, so a reader never
+// misses both.
+func (l *loader) finish(ctx context.Context, c *call) {
+	d := l.ix.Chunks[c.index].Digest
+	if c.err == nil {
+		if perr := l.store.put(ctx, d, c.data, c.fg.Load()); perr != nil {
 			zerolog.Ctx(ctx).Debug().Err(perr).Int("chunk", c.index).Msg("chunk served but not cached")
 		}
 	}
-	l.mu.Lock()
-	delete(l.inflight, d)
-	l.mu.Unlock()
-	c.data, c.err = data, err
-	close(c.done)
+	l.forget(d, c)
+	close(c.stored)
 }
 
 // close waits for fetches in flight and stops new ones.

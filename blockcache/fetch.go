@@ -136,22 +136,45 @@ func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, er
 	if off < 0 || n <= 0 || off > f.size-n {
 		return nil, fmt.Errorf("blob %s: range [%d,+%d) outside its %d bytes", f.blob, off, n, f.size)
 	}
+	b := make([]byte, n)
+	if err := f.FetchInto(ctx, off, b, nil); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// FetchInto fills dst with the len(dst) bytes of the blob at off, like
+// FetchRange, and calls progress (if not nil) with the number of bytes of
+// dst filled so far each time more have arrived, so a consumer can work on
+// them while the rest is in flight: dst[:filled] is never written again.
+// A retry asks only for the bytes not yet had.
+func (f *RangeFetcher) FetchInto(ctx context.Context, off int64, dst []byte, progress func(filled int)) error {
+	n := int64(len(dst))
+	if off < 0 || n <= 0 || off > f.size-n {
+		return fmt.Errorf("blob %s: range [%d,+%d) outside its %d bytes", f.blob, off, n, f.size)
+	}
 	log := zerolog.Ctx(ctx)
 	var last error
+	filled := 0
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			f.retries.Add(1)
 		}
-		b, err := f.try(ctx, off, n)
+		err := f.try(ctx, off+int64(filled), dst[filled:], func(k int) {
+			filled += k
+			if progress != nil {
+				progress(filled)
+			}
+		})
 		if err == nil {
-			return b, nil
+			return nil
 		}
 		last = err
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
+			return fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
 		}
 		if !transient(err) || (f.cfg.backoff.Attempts > 0 && attempt+1 >= f.cfg.backoff.Attempts) {
-			return nil, fmt.Errorf("blob %s bytes %d-%d: %w", f.blob, off, off+n-1, err)
+			return fmt.Errorf("blob %s bytes %d-%d: %w", f.blob, off, off+n-1, err)
 		}
 		d := f.cfg.backoff.delay(attempt)
 		var se *statusError
@@ -160,13 +183,15 @@ func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, er
 		}
 		log.Debug().Err(err).Str("blob", f.blob.String()).Int64("offset", off).Int("attempt", attempt+1).Dur("backoff", d).Msg("retrying range fetch")
 		if sleep(ctx, d) != nil {
-			return nil, fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
+			return fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
 		}
 	}
 }
 
-// try makes one request.
-func (f *RangeFetcher) try(ctx context.Context, off, n int64) (b []byte, err error) {
+// try makes one request for the len(dst) bytes at off, into dst, calling
+// got with the number of bytes each time more have arrived.
+func (f *RangeFetcher) try(ctx context.Context, off int64, dst []byte, got func(k int)) (err error) {
+	n := int64(len(dst))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var stall *time.Timer
@@ -181,12 +206,12 @@ func (f *RangeFetcher) try(ctx context.Context, off, n int64) (b []byte, err err
 	}()
 	client, err := f.httpClient(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", f.repo.RegistryStr(), err)
+		return fmt.Errorf("connecting to %s: %w", f.repo.RegistryStr(), err)
 	}
 	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", f.repo.Scheme(), f.repo.RegistryStr(), f.repo.RepositoryStr(), f.blob)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, permanentError{err}
+		return permanentError{err}
 	}
 	// A closed range, always inside the blob: some registries answer an
 	// open-ended or overlong range with 416.
@@ -194,35 +219,41 @@ func (f *RangeFetcher) try(ctx context.Context, off, n int64) (b []byte, err err
 	f.requests.Add(1)
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	body := &countingReader{r: resp.Body, n: &f.bytes, stall: stall, d: f.cfg.stallTimeout}
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		if err := checkContentRange(resp.Header.Get("Content-Range"), off, n, f.size); err != nil {
-			return nil, err
+			return err
 		}
 	case http.StatusOK:
 		// Range ignored: the body is the whole blob. Skip to off, reading
 		// through a small buffer so memory stays bounded.
 		f.rangeIgnored.Add(1)
 		if resp.ContentLength >= 0 && resp.ContentLength != f.size {
-			return nil, fmt.Errorf("200 answer of %d bytes for a %d-byte blob", resp.ContentLength, f.size)
+			return fmt.Errorf("200 answer of %d bytes for a %d-byte blob", resp.ContentLength, f.size)
 		}
 		if _, err := io.CopyN(io.Discard, body, off); err != nil {
-			return nil, fmt.Errorf("skipping to %d in a 200 answer: %w", off, truncated(err))
+			return fmt.Errorf("skipping to %d in a 200 answer: %w", off, truncated(err))
 		}
 	default:
 		err := newStatusError(resp)
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // reuse the connection
-		return nil, err
+		return err
 	}
-	b = make([]byte, n)
-	if _, err := io.ReadFull(body, b); err != nil {
-		return nil, truncated(err)
+	for have := 0; have < len(dst); {
+		k, err := body.Read(dst[have:])
+		if k > 0 {
+			have += k
+			got(k)
+		}
+		if err != nil && have < len(dst) {
+			return truncated(err)
+		}
 	}
-	return b, nil
+	return nil
 }
 
 func truncated(err error) error {
@@ -258,7 +289,27 @@ func checkContentRange(h string, off, n, size int64) error {
 // (one build at a time, each waiter bounded by its own ctx); a failure
 // (registry down) is retried by the caller like any transient error.
 func (f *RangeFetcher) httpClient(ctx context.Context) (*http.Client, error) {
+	in := f.startInit(ctx)
+	select {
+	case <-in.done:
+		return in.client, in.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// Warm builds the client in the background: the registry ping, the token
+// exchange and the TCP connection the ping leaves in the idle pool are then
+// done before the first fault needs them, instead of adding their round
+// trips to it. It returns at once and never fails; if the registry cannot
+// be reached now, the first fetch tries again.
+func (f *RangeFetcher) Warm(ctx context.Context) { f.startInit(ctx) }
+
+// startInit returns the client build in progress or done, starting one if
+// there is none or the last one failed.
+func (f *RangeFetcher) startInit(ctx context.Context) *clientInit {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	in := f.init
 	if in == nil || (isClosed(in.done) && in.err != nil) {
 		in = &clientInit{done: make(chan struct{})}
@@ -271,13 +322,7 @@ func (f *RangeFetcher) httpClient(ctx context.Context) (*http.Client, error) {
 			close(in.done)
 		}()
 	}
-	f.mu.Unlock()
-	select {
-	case <-in.done:
-		return in.client, in.err
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
+	return in
 }
 
 func isClosed(c chan struct{}) bool {

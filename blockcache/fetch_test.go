@@ -3,6 +3,7 @@ package blockcache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -18,14 +19,16 @@ func (e *env) chunkRange(i int) (off, n int64) {
 
 func TestRegistryDownThenBack(t *testing.T) {
 	e := newEnv(t)
-	// Down before the first request (the ping that sets up auth fails
-	// too), then 5xx, within the retry budget.
+	// Down before the first request (the pings that set up auth fail
+	// too), then 5xx, within the retry budget. Open's warm-up ping takes
+	// the first failure (the read joins it, or comes after it), so the
+	// read retries at least 2 pings and 2 range requests.
 	e.faults.set(func(h *faultHandler) { h.drop, h.status503 = 3, 2 })
 	im := e.open()
 	off, n := e.chunkRange(e.f.storedChunk(t, 0))
 	e.read(im, off, n)
-	if s := im.Stats(); s.Fetcher.Retries < 5 {
-		t.Errorf("%d retries, want at least 5", s.Fetcher.Retries)
+	if s := im.Stats(); s.Fetcher.Retries < 4 {
+		t.Errorf("%d retries, want at least 4", s.Fetcher.Retries)
 	}
 }
 
@@ -138,6 +141,23 @@ func TestTruncatedBodies(t *testing.T) {
 	if s := im.Stats(); s.Fetcher.Retries != 2 {
 		t.Errorf("%d retries after 2 truncated bodies", s.Fetcher.Retries)
 	}
+	// Each retry asks only for the bytes not yet had: the same end, a
+	// later start.
+	_, ranges := e.faults.counts()
+	if len(ranges) != 3 {
+		t.Fatalf("ranges sent: %q, want 3", ranges)
+	}
+	var prevFirst, prevLast int64 = -1, -1
+	for _, r := range ranges {
+		var first, last int64
+		if _, err := fmt.Sscanf(r, "bytes=%d-%d", &first, &last); err != nil {
+			t.Fatalf("range %q: %v", r, err)
+		}
+		if prevLast >= 0 && (first <= prevFirst || last != prevLast) {
+			t.Errorf("ranges sent: %q: a retry did not resume after the bytes had", ranges)
+		}
+		prevFirst, prevLast = first, last
+	}
 }
 
 func TestFetchRangeBounds(t *testing.T) {
@@ -182,4 +202,45 @@ func TestStalledConnectionRetried(t *testing.T) {
 	if s := im.Stats(); s.Fetcher.Retries != 1 {
 		t.Errorf("%d retries after one stalled answer, want 1", s.Fetcher.Retries)
 	}
+}
+
+// TestClientWarmedAtOpen: Open sets up the registry client (ping and token)
+// in the background, so the first fault pays only its range request.
+func TestClientWarmedAtOpen(t *testing.T) {
+	e := newEnv(t)
+	e.faults.set(func(h *faultHandler) { h.auth = true })
+	good := staticKeychain{authn.FromConfig(authn.AuthConfig{Username: "user", Password: "pass"})}
+	im := e.open(WithFetchOptions(WithKeychain(good)))
+	waitFor(t, "the token exchange started by Open", func() bool {
+		var calls int
+		e.faults.set(func(h *faultHandler) { calls = h.tokenCalls })
+		return calls == 1
+	})
+	if gets, _ := e.faults.counts(); gets != 0 {
+		t.Fatalf("%d blob GETs before any read", gets)
+	}
+	off, n := e.chunkRange(e.f.storedChunk(t, 3))
+	e.read(im, off, n)
+	var calls int
+	e.faults.set(func(h *faultHandler) { calls = h.tokenCalls })
+	if gets, _ := e.faults.counts(); calls != 1 || gets != 1 {
+		t.Errorf("the first fault made %d token requests and %d blob GETs, want 1 token request in all and 1 GET", calls, gets)
+	}
+}
+
+// TestAlwaysTruncated: a range whose body always breaks off midway fails
+// the read at its deadline (the chunks decoded as bytes arrive get the
+// fetch's error, nothing hangs), and nothing of it is cached.
+func TestAlwaysTruncated(t *testing.T) {
+	e := newEnv(t)
+	e.faults.set(func(h *faultHandler) { h.truncate = -1 })
+	im := e.open(WithReadTimeout(300 * time.Millisecond))
+	first := e.f.storedChunk(t, 7)
+	off, _ := e.chunkRange(first)
+	n := 3 * e.art.Index.ChunkSize
+	if _, err := im.ReadAt(make([]byte, n), off); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("read of always-truncated chunks: %v, want ErrTimeout", err)
+	}
+	e.faults.set(func(h *faultHandler) { h.truncate = 0 })
+	e.read(im, off, n)
 }

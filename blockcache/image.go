@@ -45,8 +45,10 @@ var _ interface {
 
 // Open serves the image of art from store, fetching what is missing from
 // art's repository. ctx carries the logger; the image lives until Close,
-// not until ctx ends. Opening makes no request: a fully cached image reads
-// with the registry down. Prefetch, if any, starts at once.
+// not until ctx ends. Opening does not wait for the registry: a fully cached
+// image reads with the registry down. It starts, in the background, the
+// registry client (ping, token, a kept-alive connection), so the first
+// fault pays only its own range request; and prefetch, if any.
 func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Option) (*Image, error) {
 	if art == nil || art.Index == nil {
 		return nil, errors.New("open image: artifact without an index")
@@ -74,6 +76,8 @@ func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Op
 	var fetch rangeFetcher = im.fetcher
 	if cfg.fetcher != nil {
 		fetch = cfg.fetcher
+	} else {
+		im.fetcher.Warm(base)
 	}
 	im.loader = &loader{
 		ix: im.ix, fetch: fetch, store: store, dec: dec,
@@ -195,6 +199,55 @@ func (im *Image) ReadAtCached(p []byte, off int64) bool {
 		}
 	}
 	return true
+}
+
+// ReadAtFiles describes where the n bytes at off are, if every one of them
+// is in a chunk file this process has verified (or is zero), without
+// waiting (nbdserver's FileReader, for zero-copy replies): add is called
+// once per piece, in order, with an open descriptor, an offset in its file
+// and a length, or with fd -1 for a run of zero bytes. The descriptors stay
+// open, and their bytes unchanged, until release is called. ok false:
+// nothing is held (the caller reads through ReadAtCached or ReadAt).
+func (im *Image) ReadAtFiles(off int64, n int, add func(fd int, off, n int64)) (release func(), ok bool) {
+	if im.closed.Load() || off < 0 || n <= 0 || off > im.ix.ImageSize-int64(n) {
+		return nil, false
+	}
+	cs, end := im.ix.ChunkSize, off+int64(n)
+	first, last := int(off/cs), int((end-1)/cs)
+	var files []*openFile
+	release = func() {
+		for _, f := range files {
+			im.store.fds.release(f)
+		}
+	}
+	type piece struct{ fd, off, n int64 }
+	var buf [8]piece
+	pieces := buf[:0]
+	hits := 0
+	for i := first; i <= last; i++ {
+		cstart := int64(i) * cs
+		lo, hi := max(off, cstart), min(end, cstart+im.ix.ChunkLen(i))
+		c := &im.ix.Chunks[i]
+		if c.Zero() {
+			pieces = append(pieces, piece{-1, 0, hi - lo})
+			continue
+		}
+		f, ok := im.store.openVerified(c.Digest)
+		if !ok {
+			release()
+			return nil, false
+		}
+		files = append(files, f)
+		pieces = append(pieces, piece{int64(f.fd), lo - cstart, hi - lo})
+		hits++
+	}
+	for _, p := range pieces {
+		add(int(p.fd), p.off, p.n)
+	}
+	im.record(first, last)
+	im.stats.reads.Add(1)
+	im.stats.hits.Add(int64(hits))
+	return release, true
 }
 
 // readCached serves a read entirely from memory and verified chunk files,

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestReadWholeImage(t *testing.T) {
@@ -251,5 +253,58 @@ func TestCloseDuringRead(t *testing.T) {
 	}
 	if err := <-errc; !errors.Is(err, ErrClosed) {
 		t.Fatalf("read cut by Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestReadAtFiles: once chunks are verified on disk, a read is handed over
+// as descriptors and offsets that hold exactly its bytes (zero chunks as
+// fd -1); before that, nothing is handed over.
+func TestReadAtFiles(t *testing.T) {
+	e := newEnv(t)
+	im := e.open()
+	size := im.Size()
+	noAdd := func(int, int64, int64) { t.Fatal("add called for a read that is not cached") }
+	if _, ok := im.ReadAtFiles(0, int(min(size, 1<<20)), noAdd); ok {
+		t.Fatal("ReadAtFiles succeeded before anything was fetched")
+	}
+	e.read(im, 0, size) // everything fetched, verified and stored
+	// Chunk files are written after the read is answered.
+	waitFor(t, "every chunk file written", func() bool {
+		release, ok := im.ReadAtFiles(0, int(size), func(int, int64, int64) {})
+		if ok {
+			release()
+		}
+		return ok
+	})
+	cs := e.art.Index.ChunkSize
+	zeroPieces := 0
+	for _, r := range []struct{ off, n int64 }{
+		{0, 4096}, {1, cs}, {cs - 100, 3 * cs}, {0, size}, {size - 5000, 5000},
+	} {
+		got := make([]byte, 0, r.n)
+		release, ok := im.ReadAtFiles(r.off, int(r.n), func(fd int, off, n int64) {
+			p := make([]byte, n)
+			if fd == -1 {
+				zeroPieces++
+			} else if m, err := unix.Pread(fd, p, off); err != nil || int64(m) != n {
+				t.Fatalf("pread of a handed-over piece (%d bytes at %d): %d, %v", n, off, m, err)
+			}
+			got = append(got, p...)
+		})
+		if !ok {
+			t.Fatalf("ReadAtFiles(%d, %d) of a cached image failed", r.off, r.n)
+		}
+		release()
+		if !bytes.Equal(got, e.f.want[r.off:r.off+r.n]) {
+			t.Fatalf("ReadAtFiles(%d, %d): the pieces do not hold the image's bytes", r.off, r.n)
+		}
+	}
+	if zeroPieces == 0 {
+		t.Error("no zero chunk was handed over as fd -1")
+	}
+	for _, r := range []struct{ off, n int64 }{{-1, 10}, {size - 10, 11}, {0, 0}} {
+		if _, ok := im.ReadAtFiles(r.off, int(r.n), noAdd); ok {
+			t.Errorf("ReadAtFiles(%d, %d) outside the image succeeded", r.off, r.n)
+		}
 	}
 }

@@ -75,6 +75,11 @@ type Store struct {
 	// cost otherwise.
 	decMu    sync.Mutex
 	decoders map[int64]*zstd.Decoder
+	// streams are the stream decoders of each chunk size (about 0.8 MiB
+	// each at 256 KiB): at most maxStreamDecoders, idle ones kept.
+	streams map[int64]*streamPool
+	// raws recycles the buffers ranges are fetched into.
+	raws rawPool
 }
 
 type entry struct {
@@ -135,6 +140,60 @@ func (s *Store) decoder(chunkSize int64) (*zstd.Decoder, error) {
 	}
 	s.decoders[chunkSize] = d
 	return d, nil
+}
+
+// maxStreamDecoders bounds the stream decoders of one chunk size, and so
+// the foreground fetches decoded as they arrive at once; others decode
+// once their bytes are all in.
+const maxStreamDecoders = 4
+
+type streamPool struct {
+	free []*zstd.Decoder
+	n    int
+}
+
+// streamDecoder takes a synchronous stream decoder for chunks of
+// chunkSize, window capped at the chunk size like the shared decoder's;
+// nil if maxStreamDecoders are in use. Give it back with
+// putStreamDecoder.
+func (s *Store) streamDecoder(chunkSize int64) *zstd.Decoder {
+	s.decMu.Lock()
+	defer s.decMu.Unlock()
+	if s.streams == nil {
+		s.streams = map[int64]*streamPool{}
+	}
+	p := s.streams[chunkSize]
+	if p == nil {
+		p = &streamPool{}
+		s.streams[chunkSize] = p
+	}
+	if k := len(p.free); k > 0 {
+		d := p.free[k-1]
+		p.free = p.free[:k-1]
+		return d
+	}
+	if p.n >= maxStreamDecoders {
+		return nil
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(chunkSize)),
+		zstd.WithDecoderMaxWindow(uint64(max(chunkSize, zstd.MinWindowSize))))
+	if err != nil {
+		return nil
+	}
+	p.n++
+	return d
+}
+
+func (s *Store) putStreamDecoder(chunkSize int64, d *zstd.Decoder) {
+	_ = d.Reset(nil) // drop the reference to the last input
+	s.decMu.Lock()
+	defer s.decMu.Unlock()
+	p := s.streams[chunkSize]
+	if p == nil { // the store was closed meanwhile
+		d.Close()
+		return
+	}
+	p.free = append(p.free, d)
 }
 
 const (
@@ -290,6 +349,12 @@ func (s *Store) Close() error {
 		d.Close()
 	}
 	s.decoders = nil
+	for _, p := range s.streams {
+		for _, d := range p.free {
+			d.Close()
+		}
+	}
+	s.streams = nil
 	s.decMu.Unlock()
 	return s.lock.Close()
 }

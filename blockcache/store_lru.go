@@ -79,19 +79,8 @@ func (s *Store) ReadVerified(d [32]byte, p []byte, off int64) bool {
 		copy(p, b[off:])
 		return true
 	}
-	s.mu.Lock()
-	e, ok := s.entries[d]
-	if !ok || !e.verified {
-		s.mu.Unlock()
-		return false
-	}
-	s.lru.MoveToFront(e.elem)
-	s.mu.Unlock()
-	// An open descriptor keeps reading the right bytes even if the chunk is
-	// evicted meanwhile: the file is only unlinked.
-	_, file := s.path(d)
-	f, err := s.fds.acquire(d, file)
-	if err != nil {
+	f, ok := s.openVerified(d)
+	if !ok {
 		return false
 	}
 	defer s.fds.release(f)
@@ -103,6 +92,27 @@ func (s *Store) ReadVerified(d [32]byte, p []byte, off int64) bool {
 		p, off = p[n:], off+int64(n)
 	}
 	return true
+}
+
+// openVerified returns an open descriptor of chunk d's file if this process
+// has verified it; release it with s.fds.release. An open descriptor keeps
+// reading the right bytes even if the chunk is evicted meanwhile: the file
+// is only unlinked, and chunk files are never written in place.
+func (s *Store) openVerified(d [32]byte) (*openFile, bool) {
+	s.mu.Lock()
+	e, ok := s.entries[d]
+	if !ok || !e.verified {
+		s.mu.Unlock()
+		return nil, false
+	}
+	s.lru.MoveToFront(e.elem)
+	s.mu.Unlock()
+	_, file := s.path(d)
+	f, err := s.fds.acquire(d, file)
+	if err != nil {
+		return nil, false
+	}
+	return f, true
 }
 
 // Pin keeps chunk d from eviction until unpin is called; false if the

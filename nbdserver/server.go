@@ -34,6 +34,21 @@ type CachedReader interface {
 	ReadAtCached(p []byte, off int64) bool
 }
 
+// FileReader is an optional Backend capability for zero-copy replies: the
+// server sends the bytes straight from files to the socket (sendfile(2))
+// instead of reading them into a buffer first. ReadAtFiles reports where
+// the n bytes at offset off are, if every one of them is in a local file
+// (or is zero) right now, without waiting: it calls add once per piece, in
+// order, with an open file descriptor, an offset in that file and a length
+// (fd -1: that many zero bytes); the pieces' lengths add up to n. The
+// descriptors must stay open and their bytes unchanged until the server
+// calls release, once it has sent them. ok false means nothing is held; the
+// server then reads as it would without this capability. The server uses
+// it for large reads on connections that are sockets (unix or TCP).
+type FileReader interface {
+	ReadAtFiles(off int64, n int, add func(fd int, off, n int64)) (release func(), ok bool)
+}
+
 // Export is a named, read-only Backend.
 type Export struct {
 	// Name is what clients ask for (at most 4096 bytes); the first export

@@ -10,10 +10,12 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pojntfx/go-nbd/pkg/protocol"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // transmission is the request loop of one connection. One goroutine (serve)
@@ -29,6 +31,13 @@ type transmission struct {
 
 	slots   chan struct{}  // one token per unanswered READ
 	pending sync.WaitGroup // unanswered READs
+
+	// raw is the socket for sendfile(2), nil when c is not a socket or
+	// the backend is no FileReader; noSendfile is set once sendfile has
+	// failed as unsupported, and replies go through buffers from then on.
+	raw        syscall.RawConn
+	files      FileReader
+	noSendfile atomic.Bool
 
 	queueMu sync.Mutex
 	queue   []*pendingReply // replies waiting for the writer; under queueMu
@@ -48,7 +57,11 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, r *bufio.Reader, exp 
 		log:   zerolog.Ctx(ctx).With().Str("export", exp.Name).Logger(),
 		slots: make(chan struct{}, s.opts.maxInFlight),
 	}
+	t.setupSocket()
 	err := t.serve(ctx)
+	// Replies still queued (the stream broke off mid-batch) give back what
+	// they hold.
+	t.abandon()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -56,6 +69,35 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, r *bufio.Reader, exp 
 		return fmt.Errorf("nbdserver: export %q: %w", exp.Name, err)
 	}
 	return nil
+}
+
+// sendBuffer is the socket send buffer asked for (the kernel caps it at
+// net.core.wmem_max, and doubles it): a large read's reply is queued whole
+// in the kernel, rather than in pieces each waiting for the client.
+const sendBuffer = 4 << 20
+
+// setupSocket enlarges the send buffer of a unix or TCP socket, and keeps
+// its raw connection for sendfile if the backend can hand over files.
+func (t *transmission) setupSocket() {
+	type socket interface {
+		SetWriteBuffer(int) error
+		SyscallConn() (syscall.RawConn, error)
+	}
+	var sock socket
+	switch c := t.c.(type) {
+	case *net.UnixConn:
+		sock = c
+	case *net.TCPConn:
+		sock = c
+	default:
+		return
+	}
+	_ = sock.SetWriteBuffer(sendBuffer) // best effort: a smaller buffer only costs speed
+	if fr, ok := t.exp.Backend.(FileReader); ok {
+		if raw, err := sock.SyscallConn(); err == nil {
+			t.raw, t.files = raw, fr
+		}
+	}
 }
 
 func (t *transmission) serve(ctx context.Context) error {
@@ -119,18 +161,30 @@ func (t *transmission) serve(ctx context.Context) error {
 }
 
 // Inline reads: at most this long each, and at most inlineQueued bytes of
-// their replies wait for a batch.
+// their replies wait for a batch. Reads of at least fileReplyMin bytes are
+// sent from files when the backend can (below that, a copy costs less than
+// the extra system calls).
 const (
 	inlineMax    = 1 << 20
 	inlineQueued = 4 << 20
+	fileReplyMin = 64 << 10
 )
 
 // readInline answers a READ on this goroutine if the backend can serve it
 // at once. Its reply is queued; the queue is written when no further
 // request is already buffered (the next read would block) or it is full.
 func (t *transmission) readInline(req protocol.TransmissionRequestHeader) bool {
+	if req.Length > inlineMax {
+		return false
+	}
+	if req.Length >= fileReplyMin && t.files != nil && !t.noSendfile.Load() {
+		if p := t.fileReply(req); p != nil {
+			t.queueInline(p, int(req.Length))
+			return true
+		}
+	}
 	cr, ok := t.exp.Backend.(CachedReader)
-	if !ok || req.Length > inlineMax {
+	if !ok {
 		return false
 	}
 	// Inline buffers count against the server's budget too; without room,
@@ -150,15 +204,72 @@ func (t *transmission) readInline(req protocol.TransmissionRequestHeader) bool {
 		t.s.budget.Release(charge)
 	}}
 	p.setHead(req.Handle, 0)
+	t.queueInline(p, len(buf))
+	return true
+}
+
+// fileReply asks the backend for the files holding a READ's bytes; nil if
+// it cannot hand them over now, or describes them wrongly.
+func (t *transmission) fileReply(req protocol.TransmissionRequestHeader) *pendingReply {
+	p := &pendingReply{}
+	total, bad := int64(0), false
+	release, ok := t.files.ReadAtFiles(int64(req.Offset), int(req.Length), func(fd int, off, n int64) {
+		if n <= 0 || off < 0 || fd < -1 {
+			bad = true
+			return
+		}
+		p.files = append(p.files, fileSeg{fd: fd, off: off, n: n})
+		total += n
+	})
+	if !ok {
+		return nil
+	}
+	if bad || total != int64(req.Length) {
+		// A reply of the wrong length would desynchronize the stream.
+		release()
+		t.log.Warn().Uint64("offset", req.Offset).Uint32("length", req.Length).
+			Msg("backend described a read's files wrongly: reading it into a buffer instead")
+		return nil
+	}
+	p.release = release
+	p.setHead(req.Handle, 0)
+	return p
+}
+
+// queueInline queues an inline reply of n data bytes and writes the queue
+// if no further request is buffered or the queue is full.
+func (t *transmission) queueInline(p *pendingReply, n int) {
 	t.queueMu.Lock()
 	t.queue = append(t.queue, p)
-	t.inlineBytes += len(buf)
+	t.inlineBytes += n
 	full := t.inlineBytes >= inlineQueued
 	t.queueMu.Unlock()
 	if full || t.r.Buffered() < requestHeaderSize {
 		t.flush()
 	}
-	return true
+}
+
+// abandon gives back what queued replies hold, without writing them, once
+// the connection's request loop has ended; a writer still at work drains
+// the queue itself.
+func (t *transmission) abandon() {
+	t.queueMu.Lock()
+	if t.writing {
+		t.queueMu.Unlock()
+		return
+	}
+	batch := t.queue
+	t.queue = nil
+	t.inlineBytes = 0
+	t.queueMu.Unlock()
+	for _, q := range batch {
+		if q.done != nil {
+			close(q.done)
+		}
+		if q.release != nil {
+			q.release()
+		}
+	}
 }
 
 // flush writes the queued replies unless a writer is already at it (it
@@ -285,13 +396,21 @@ func (t *transmission) writeQueue() {
 	t.queueMu.Unlock()
 }
 
-// pendingReply is a reply waiting to be written. Its writer signals done
-// (a goroutine's reply) or calls release (an inline reply) once written.
+// pendingReply is a reply waiting to be written: its header, then data or
+// the file pieces to send. Its writer signals done (a goroutine's reply) or
+// calls release (an inline reply) once written.
 type pendingReply struct {
 	head    [simpleReplySize]byte
 	data    []byte
+	files   []fileSeg
 	done    chan struct{}
 	release func()
+}
+
+// fileSeg is n bytes of file descriptor fd from off; fd -1: n zero bytes.
+type fileSeg struct {
+	fd     int
+	off, n int64
 }
 
 func (p *pendingReply) setHead(cookie uint64, errno uint32) {
@@ -300,19 +419,54 @@ func (p *pendingReply) setHead(cookie uint64, errno uint32) {
 	binary.BigEndian.PutUint64(p.head[8:], cookie)
 }
 
-// writeBatch writes replies back to back, in writes of at most replyChunk
-// bytes each under a fresh write deadline.
+// writeBatch writes replies back to back: buffers in writev calls of at
+// most replyChunk bytes each, file pieces with sendfile, each call under a
+// fresh write deadline.
 func (t *transmission) writeBatch(batch []*pendingReply) {
 	if t.broken {
 		return
 	}
 	bufs := make(net.Buffers, 0, 2*len(batch))
+	var err error
 	for _, p := range batch {
 		bufs = append(bufs, p.head[:])
 		if len(p.data) > 0 {
 			bufs = append(bufs, p.data)
 		}
+		for _, f := range p.files {
+			if f.fd < 0 {
+				for n := f.n; n > 0; n -= int64(len(zeros)) {
+					bufs = append(bufs, zeros[:min(n, int64(len(zeros)))])
+				}
+				continue
+			}
+			if err = t.writeBufs(bufs); err != nil {
+				break
+			}
+			bufs = bufs[:0]
+			if err = t.sendFile(f); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
 	}
+	if err == nil {
+		err = t.writeBufs(bufs)
+	}
+	if err != nil {
+		t.broken = true
+		t.c.Close()
+		t.log.Debug().Err(err).Msg("nbd reply not sent: closing connection")
+	}
+}
+
+// zeros is what zero pieces of file replies are sent from.
+var zeros [64 << 10]byte
+
+// writeBufs writes bufs in writes of at most replyChunk bytes each.
+func (t *transmission) writeBufs(bufs net.Buffers) error {
 	for len(bufs) > 0 {
 		// Take up to replyChunk bytes, splitting a buffer if need be.
 		var seg net.Buffers
@@ -329,16 +483,68 @@ func (t *transmission) writeBatch(batch []*pendingReply) {
 			n += len(b)
 			bufs = bufs[1:]
 		}
-		if d := t.s.opts.writeTimeout; d > 0 {
-			_ = t.c.SetWriteDeadline(time.Now().Add(d))
-		}
+		t.writeDeadline()
 		if _, err := seg.WriteTo(t.c); err != nil {
-			t.broken = true
-			t.c.Close()
-			t.log.Debug().Err(err).Msg("nbd reply not sent: closing connection")
-			return
+			return err
 		}
 	}
+	return nil
+}
+
+func (t *transmission) writeDeadline() {
+	if d := t.s.opts.writeTimeout; d > 0 {
+		_ = t.c.SetWriteDeadline(time.Now().Add(d))
+	}
+}
+
+// sendFile sends a file piece with sendfile(2), at most replyChunk bytes
+// per call. Should the kernel refuse sendfile to this socket, the piece
+// (and every later one) is read into a buffer and written instead.
+func (t *transmission) sendFile(f fileSeg) error {
+	off, rem := f.off, f.n
+	for rem > 0 {
+		t.writeDeadline()
+		want := int(min(rem, replyChunk))
+		var n int
+		var serr error
+		err := t.raw.Write(func(s uintptr) bool {
+			n, serr = unix.Sendfile(int(s), f.fd, &off, want)
+			return serr != unix.EAGAIN
+		})
+		switch {
+		case err != nil:
+			return err
+		case serr == unix.EINVAL || serr == unix.ENOSYS || serr == unix.EOPNOTSUPP:
+			t.noSendfile.Store(true)
+			return t.copyFile(fileSeg{fd: f.fd, off: off, n: rem})
+		case serr != nil:
+			return serr
+		case n == 0:
+			return fmt.Errorf("file piece ended %d bytes early: %w", rem, io.ErrUnexpectedEOF)
+		}
+		rem -= int64(n)
+	}
+	return nil
+}
+
+// copyFile sends a file piece through a buffer.
+func (t *transmission) copyFile(f fileSeg) error {
+	buf := make([]byte, min(f.n, replyChunk))
+	for f.n > 0 {
+		p := buf[:min(f.n, int64(len(buf)))]
+		n, err := unix.Pread(f.fd, p, f.off)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("file piece ended %d bytes early: %w", f.n, io.ErrUnexpectedEOF)
+		}
+		if err := t.writeBufs(net.Buffers{p[:n]}); err != nil {
+			return err
+		}
+		f.off, f.n = f.off+int64(n), f.n-int64(n)
+	}
+	return nil
 }
 
 func (t *transmission) drain(ctx context.Context) {

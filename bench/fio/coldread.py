@@ -10,14 +10,17 @@
   coldread.py nbd URI
       read 4 KiB at each offset on stdin, one at a time (queue depth 1),
       and print "OFFSET MICROSECONDS" per read
-  coldread.py pair URI BLOB_URL
+  coldread.py pair URI BLOB_URL [DIRECT_URL]
       for each "OFFSET BLOB_OFFSET BLOB_LENGTH" on stdin (a block of a cold
       chunk and where that chunk is stored in the data blob): GET the
       chunk's bytes from BLOB_URL with a Range request over a kept-alive
       connection, and read the 4 KiB block from the NBD export, alternating
       which goes first; print "OFFSET BLOB_LENGTH NBD_US HTTP_US". The HTTP
       time is what the network and the registry cost without sluice, taken
-      at the same moment, so the difference is sluice's own share.
+      at the same moment, so the difference is sluice's own share. With
+      DIRECT_URL (the same blob straight from the registry, no proxy), the
+      same range is also fetched from there right after, and its time
+      printed as a fifth column: the registry's own service time.
 
 Needs Debian's python3-libnbd for the nbd mode (run it with the python3
 that has the nbd module: /usr/bin/python3).
@@ -69,20 +72,28 @@ def read_nbd(uri):
     h.shutdown()
 
 
-def read_pairs(uri, url):
+def read_pairs(uri, url, direct_url=None):
     import nbd
 
     h = nbd.NBD()
     h.connect_uri(uri)
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=60)
-    # Connection set-up is not part of a fetch: sluice keeps connections.
-    conn.request("GET", "/v2/")
-    conn.getresponse().read()
 
-    def fetch(off, n):
+    def connect(url):
+        u = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=60)
+        # Connection set-up is not part of a fetch: sluice keeps connections.
+        conn.request("GET", "/v2/")
+        conn.getresponse().read()
+        return conn, u.path
+
+    conns = {url: connect(url)}
+    if direct_url:
+        conns[direct_url] = connect(direct_url)
+
+    def fetch(off, n, url=url):
+        conn, path = conns[url]
         t0 = time.perf_counter_ns()
-        conn.request("GET", u.path, headers={"Range": f"bytes={off}-{off + n - 1}"})
+        conn.request("GET", path, headers={"Range": f"bytes={off}-{off + n - 1}"})
         resp = conn.getresponse()
         body = resp.read()
         t1 = time.perf_counter_ns()
@@ -103,7 +114,10 @@ def read_pairs(uri, url):
             nbd_us, http_us = read(off), fetch(boff, blen)
         else:
             http_us, nbd_us = fetch(boff, blen), read(off)
-        print(off, blen, nbd_us, http_us, flush=True)
+        if direct_url:
+            print(off, blen, nbd_us, http_us, fetch(boff, blen, direct_url), flush=True)
+        else:
+            print(off, blen, nbd_us, http_us, flush=True)
     h.shutdown()
 
 
@@ -114,8 +128,8 @@ def main(argv):
         index(argv[2])
     elif len(argv) == 3 and argv[1] == "nbd":
         read_nbd(argv[2])
-    elif len(argv) == 4 and argv[1] == "pair":
-        read_pairs(argv[2], argv[3])
+    elif len(argv) in (4, 5) and argv[1] == "pair":
+        read_pairs(*argv[2:])
     else:
         sys.exit(__doc__)
 

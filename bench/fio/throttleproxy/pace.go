@@ -16,7 +16,10 @@ import (
 // sent while the link is busy waits until the bytes before it have gone. An
 // idle link starts afresh (no burst credit), but a transfer that wakes up
 // late (sleep overshoot) may catch up for up to lag, so the link keeps its
-// rate instead of losing every overshoot.
+// rate instead of losing every overshoot. Only the late transfer itself
+// catches up: a new response (or one whose upstream was slow) gets no
+// credit for the time the link sat idle before it, which would let it
+// arrive sooner than the bandwidth allows.
 type pacer struct {
 	rate float64 // bytes per second; 0: unlimited
 	lag  time.Duration
@@ -32,18 +35,24 @@ func newPacer(bytesPerSecond int64) *pacer {
 	return &pacer{rate: float64(bytesPerSecond), lag: defaultLag, now: time.Now}
 }
 
-// reserve books n bytes on the link and returns when they will have been
-// sent.
-func (p *pacer) reserve(n int) time.Time {
+// reserve books n bytes on the link for a transfer whose previous piece was
+// due at prev (zero for its first piece) and returns when they will have
+// been sent.
+func (p *pacer) reserve(n int, prev time.Time) time.Time {
 	now := p.now()
 	if p.rate == 0 {
 		return now
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	start := p.free
-	if start.Before(now.Add(-p.lag)) {
-		start = now // idle: no credit for the time nothing was sent
+	// The bytes go once the link is free, and not before they are had;
+	// a transfer late by at most lag continues from where it was due.
+	start := now
+	if !prev.IsZero() && now.Sub(prev) <= p.lag {
+		start = prev
+	}
+	if p.free.After(start) {
+		start = p.free
 	}
 	p.free = start.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
 	return p.free
@@ -58,6 +67,7 @@ type pacedBody struct {
 	rc    io.ReadCloser
 	pace  *pacer
 	count func(int64)
+	due   time.Time // when the previous piece was sent
 }
 
 func (b *pacedBody) Read(p []byte) (int, error) {
@@ -66,7 +76,8 @@ func (b *pacedBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.rc.Read(p)
 	if n > 0 {
-		sleepUntil(b.pace.reserve(n))
+		b.due = b.pace.reserve(n, b.due)
+		sleepUntil(b.due)
 		b.count(int64(n))
 	}
 	return n, err

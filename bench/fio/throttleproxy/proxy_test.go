@@ -17,21 +17,35 @@ func TestPacerSharesTheLink(t *testing.T) {
 	p := newPacer(1e6) // 1 MB/s: 1 µs a byte
 	p.now = func() time.Time { return now }
 	// An idle link gives no credit.
-	if got, want := p.reserve(1000), now.Add(time.Millisecond); !got.Equal(want) {
-		t.Fatalf("first 1000 bytes done at %v, want %v", got, want)
+	a := p.reserve(1000, time.Time{})
+	if want := now.Add(time.Millisecond); !a.Equal(want) {
+		t.Fatalf("first 1000 bytes done at %v, want %v", a, want)
 	}
 	// Bytes booked while it is busy queue behind, whoever sends them.
-	if got, want := p.reserve(500), start.Add(1500*time.Microsecond); !got.Equal(want) {
-		t.Fatalf("next 500 bytes done at %v, want %v", got, want)
+	b := p.reserve(500, time.Time{})
+	if want := start.Add(1500 * time.Microsecond); !b.Equal(want) {
+		t.Fatalf("next 500 bytes done at %v, want %v", b, want)
 	}
-	// A sender that wakes up late, within the lag, catches up.
+	// A transfer that wakes up late, within the lag, catches up.
 	now = start.Add(2500 * time.Microsecond)
-	if got, want := p.reserve(2000), start.Add(3500*time.Microsecond); !got.Equal(want) {
+	if got, want := p.reserve(2000, b), start.Add(3500*time.Microsecond); !got.Equal(want) {
 		t.Fatalf("2000 bytes booked late done at %v, want %v", got, want)
+	}
+	// A new transfer on a link idle for less than the lag gets no credit
+	// for the idle time: its bytes cannot arrive sooner than the rate says.
+	now = start.Add(4500 * time.Microsecond)
+	if got, want := p.reserve(1000, time.Time{}), now.Add(time.Millisecond); !got.Equal(want) {
+		t.Fatalf("a new transfer after 1 ms idle done at %v, want %v", got, want)
+	}
+	// Nor does a transfer late by more than the lag.
+	prev := now.Add(time.Millisecond)
+	now = prev.Add(3 * time.Millisecond)
+	if got, want := p.reserve(1000, prev), now.Add(time.Millisecond); !got.Equal(want) {
+		t.Fatalf("a transfer 3 ms late done at %v, want %v", got, want)
 	}
 	// After an idle spell longer than the lag, the link starts afresh.
 	now = start.Add(time.Hour)
-	if got, want := p.reserve(3000), now.Add(3*time.Millisecond); !got.Equal(want) {
+	if got, want := p.reserve(3000, time.Time{}), now.Add(3*time.Millisecond); !got.Equal(want) {
 		t.Fatalf("after idling, 3000 bytes done at %v, want %v", got, want)
 	}
 }

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// TestRangeGet pushes an image and reads part of a layer blob back with a
+// Range request, as sluice's fetcher does.
+func TestRangeGet(t *testing.T) {
+	srv := httptest.NewServer(newHandler())
+	defer srv.Close()
+	img, err := random.Image(100000, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/bench/x:latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	dgst, _ := layers[0].Digest()
+	rc, _ := layers[0].Compressed()
+	blob, _ := io.ReadAll(rc)
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/v2/bench/x/blobs/%s", srv.URL, dgst), nil)
+	req.Header.Set("Range", "bytes=100-1099")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, blob[100:1100]) {
+		t.Fatalf("Range GET: %s, %d bytes, want 206 and bytes 100-1099 of the blob", resp.Status, len(got))
+	}
+	if cr := resp.Header.Get("Content-Range"); cr != fmt.Sprintf("bytes 100-1099/%d", len(blob)) {
+		t.Errorf("Content-Range %q", cr)
+	}
+}
