@@ -19,9 +19,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-project/sluice/imageconv"
-	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/internal/imagebuild"
 	"github.com/sluice-project/sluice/test/internal/treecmp"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // tmpBase holds every case's directories. It is short because the reference

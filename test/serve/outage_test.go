@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/internal/faultproxy"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestNbdcopyThroughOutage starts a cold nbdcopy (many reads in flight, on
