@@ -57,7 +57,7 @@ type CacheConfig struct {
 	// FetchConcurrency bounds range requests in flight per image. Default 4.
 	FetchConcurrency int `toml:"fetch_concurrency"`
 	// MemoryCache keeps recently read chunks in memory too, on top of the
-	// on-disk cache; "0" turns it off. Default "16MiB".
+	// on-disk cache; "0" turns it off. Default "8MiB".
 	MemoryCache string `toml:"memory_cache"`
 
 	size, backgroundRate, memoryCache int64
@@ -80,7 +80,7 @@ func defaultConfig() Config {
 			BackgroundRate:   "50MiB",
 			ReadTimeout:      "30s",
 			FetchConcurrency: 4,
-			MemoryCache:      "16MiB",
+			MemoryCache:      "8MiB",
 		},
 	}
 }
@@ -159,7 +159,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("cache.read_timeout: want a duration such as \"30s\", got %q", c.Cache.ReadTimeout)
 	}
 	if c.Cache.memoryCache, err = cliutil.ParseSize(c.Cache.MemoryCache); err != nil {
-		return fmt.Errorf("cache.memory_cache: want a size such as \"16MiB\" (\"0\": none), got %q", c.Cache.MemoryCache)
+		return fmt.Errorf("cache.memory_cache: want a size such as \"8MiB\" (\"0\": none), got %q", c.Cache.MemoryCache)
 	}
 	if c.Cache.FetchConcurrency < 1 || c.Cache.FetchConcurrency > 64 {
 		return fmt.Errorf("cache.fetch_concurrency: want 1 to 64, got %d", c.Cache.FetchConcurrency)

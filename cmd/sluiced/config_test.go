@@ -68,7 +68,7 @@ func TestConfigOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Policy != "require" || c.Cache.size != 1<<30 || c.Cache.memoryCache != 16<<20 || c.Cache.Dir != defaultConfig().Cache.Dir || len(c.PlainHTTP) != 1 {
+	if c.Policy != "require" || c.Cache.size != 1<<30 || c.Cache.memoryCache != 8<<20 || c.Cache.Dir != defaultConfig().Cache.Dir || len(c.PlainHTTP) != 1 {
 		t.Errorf("got %+v", c)
 	}
 }

@@ -110,7 +110,7 @@ func TestBinaryHelpAndConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the printed config does not load: %v\n%s", err, out)
 	}
-	if c.Policy != "require" || c.Cache.Size != "1GiB" || c.Cache.MemoryCache != "16MiB" || c.Root != "/var/lib/sluice" {
+	if c.Policy != "require" || c.Cache.Size != "1GiB" || c.Cache.MemoryCache != "8MiB" || c.Root != "/var/lib/sluice" {
 		t.Errorf("printed config %+v", c)
 	}
 	if code, _, stderr := runBinary(t, "config", "--config", writeConfig(t, `attacher = "x"`)); code == 0 || !strings.Contains(stderr, "attacher:") {
