@@ -3,6 +3,8 @@ package agent
 import (
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/test/internal/containerdtest"
 )
 
 // blobGETs returns the digests of the blobs GET since mark (in any
@@ -56,28 +58,35 @@ func (e *env) checkNoLayerDownloads(t *testing.T, mark int, ti *testImage, what 
 // the image's files, and sluiced counts the bytes it fetched.
 func TestCRIPullStreams(t *testing.T) {
 	e := getEnv(t)
-	n := newNode(t, e, nodeOpts{})
-	a := e.images[repoA]
-	mark := e.mark(t)
-	n.pull(a.ref)
-	e.checkNoLayerDownloads(t, mark, a, "crictl pull of the converted image")
-	if v := n.metric("sluice_placeholders_total"); v < float64(len(a.layers)) {
-		t.Errorf("sluice_placeholders_total = %v after pulling %d layers", v, len(a.layers))
-	}
+	forEachContainerd(t, func(t *testing.T, ctrd containerdtest.Version) {
+		n := newNode(t, e, nodeOpts{containerd: ctrd})
+		a := e.images[repoA]
+		mark := e.mark(t)
+		n.pull(a.ref)
+		e.checkNoLayerDownloads(t, mark, a, "crictl pull of the converted image")
+		if ctrd == containerdtest.V2 && !strings.Contains(n.containerd.Log(), "using transfer service") {
+			// 2.x's default; disable_snapshot_annotations = false or
+			// registry mirrors would make CRI fall back to client.Pull.
+			t.Errorf("containerd 2.x's CRI did not pull through the transfer service (no \"using transfer service\" in its debug log)")
+		}
+		if v := n.metric("sluice_placeholders_total"); v < float64(len(a.layers)) {
+			t.Errorf("sluice_placeholders_total = %v after pulling %d layers", v, len(a.layers))
+		}
 
-	pod, podCfg := n.runPod("cri")
-	out := n.runToExit(pod, podCfg, "hello", a.ref, "/bin/sh", "-c", "cat /app/name && sha256sum /app/a-data.bin")
-	want := "image A\n" + a.listing.sha("/app/a-data.bin") + "  /app/a-data.bin"
-	if strings.TrimSpace(out) != want {
-		t.Errorf("container output %q, want %q", out, want)
-	}
-	n.checkRootfs(pod, podCfg, "list", a)
-	// Running containers reads blocks, but still no layer.
-	e.checkNoLayerDownloads(t, mark, a, "running containers of the converted image")
-	if v := n.metric("sluice_fetched_bytes_total"); v <= 0 {
-		t.Errorf("sluice_fetched_bytes_total = %v after containers read the image", v)
-	}
-	if v := n.metric("sluice_image_mounts"); v != 1 {
-		t.Errorf("sluice_image_mounts = %v, want 1", v)
-	}
+		pod, podCfg := n.runPod("cri")
+		out := n.runToExit(pod, podCfg, "hello", a.ref, "/bin/sh", "-c", "cat /app/name && sha256sum /app/a-data.bin")
+		want := "image A\n" + a.listing.sha("/app/a-data.bin") + "  /app/a-data.bin"
+		if strings.TrimSpace(out) != want {
+			t.Errorf("container output %q, want %q", out, want)
+		}
+		n.checkRootfs(pod, podCfg, "list", a)
+		// Running containers reads blocks, but still no layer.
+		e.checkNoLayerDownloads(t, mark, a, "running containers of the converted image")
+		if v := n.metric("sluice_fetched_bytes_total"); v <= 0 {
+			t.Errorf("sluice_fetched_bytes_total = %v after containers read the image", v)
+		}
+		if v := n.metric("sluice_image_mounts"); v != 1 {
+			t.Errorf("sluice_image_mounts = %v, want 1", v)
+		}
+	})
 }
