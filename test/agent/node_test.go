@@ -24,6 +24,9 @@ import (
 type nodeOpts struct {
 	// containerd is the containerd version to run (1.6 by default).
 	containerd containerdtest.Version
+	// configVersion is containerd's config version; 0 is the version's
+	// own (see containerdtest.Config).
+	configVersion int
 	// snapshotter is "sluice" (sluiced as a proxy plugin, the default) or
 	// a built-in one such as "overlayfs" (no sluiced at all).
 	snapshotter string
@@ -65,11 +68,12 @@ func newNode(t *testing.T, e *env, opts nodeOpts) *node {
 	t.Cleanup(n.teardown)
 	ctx := context.Background()
 	cfg := containerdtest.Config{
-		Dir:          filepath.Join(dir, "containerd"),
-		Version:      opts.containerd,
-		Snapshotter:  opts.snapshotter,
-		SandboxImage: sandboxRef,
-		Registries:   append([]string{e.registry.Addr}, opts.registries...),
+		Dir:           filepath.Join(dir, "containerd"),
+		Version:       opts.containerd,
+		ConfigVersion: opts.configVersion,
+		Snapshotter:   opts.snapshotter,
+		SandboxImage:  sandboxRef,
+		Registries:    append([]string{e.registry.Addr}, opts.registries...),
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		t.Fatal(err)

@@ -61,6 +61,12 @@ type Config struct {
 	Dir string
 	// Version is the containerd to run (V1, the zero value, or V2).
 	Version Version
+	// ConfigVersion is the version of the config file written: 0 for
+	// the version's own (2 for V1, 3 for V2), or 2 to run 2.x on 1.6's
+	// config (migrated at start, as on a node upgraded without touching
+	// its config; its CRI plugin then pulls with its own client, as 1.6
+	// does, because of disable_snapshot_annotations = false).
+	ConfigVersion int
 	// Snapshotter is the CRI plugin's snapshotter: "overlayfs", or the name
 	// of the proxy plugin ProxySocket serves.
 	Snapshotter string
@@ -203,8 +209,14 @@ func Start(ctx context.Context, cfg Config) (*Containerd, error) {
 		log:     filepath.Join(cfg.Dir, "containerd.log"),
 		done:    make(chan struct{}),
 	}
+	switch {
+	case cfg.ConfigVersion == 3 && cfg.Version == V1:
+		return nil, errors.New("containerd 1.6 does not read config version 3")
+	case cfg.ConfigVersion != 0 && cfg.ConfigVersion != 2 && cfg.ConfigVersion != 3:
+		return nil, fmt.Errorf("config version %d: only 2 and 3 are written", cfg.ConfigVersion)
+	}
 	config := c.config()
-	if cfg.Version == V2 {
+	if cfg.Version == V2 && cfg.ConfigVersion != 2 {
 		config = c.config3()
 		if err := c.writeHosts(); err != nil {
 			return nil, err
@@ -259,6 +271,11 @@ func Start(ctx context.Context, cfg Config) (*Containerd, error) {
 // config returns containerd 1.6's config (version 2).
 func (c *Containerd) config() string {
 	d := c.cfg.Dir
+	level := "info"
+	if c.cfg.Version == V2 {
+		// 2.x's CRI logs which way it pulls (client or transfer service)
+		level = "debug"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `version = 2
 root = %q
@@ -272,8 +289,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [ttrpc]
   address = %q
 [debug]
-  level = "info"
-`, filepath.Join(d, "root"), filepath.Join(d, "state"), c.Address, c.Address+".ttrpc")
+  level = %q
+`, filepath.Join(d, "root"), filepath.Join(d, "state"), c.Address, c.Address+".ttrpc", level)
 	if c.cfg.ProxySocket != "" {
 		fmt.Fprintf(&b, `
 [proxy_plugins.%s]
@@ -481,7 +498,14 @@ func CrictlPath() (string, error) {
 // Import loads an image archive (docker save or OCI format) into namespace
 // ns and unpacks it into snapshotter.
 func (c *Containerd) Import(ctx context.Context, ns, snapshotter, archive string) error {
-	_, err := c.Ctr(ctx, ns, "images", "import", "--snapshotter", snapshotter, archive)
+	args := []string{"images", "import", "--snapshotter", snapshotter}
+	if c.cfg.Version == V2 && c.cfg.ConfigVersion == 2 {
+		// 2.x's ctr imports through the transfer service, whose default
+		// unpack_config names only overlayfs: "unable to initialize
+		// unpacker: no unpack platforms defined". --local imports in ctr.
+		args = append(args, "--local")
+	}
+	_, err := c.Ctr(ctx, ns, append(args, archive)...)
 	return err
 }
 
