@@ -41,6 +41,9 @@ func TestCleanup(t *testing.T) {
 			t.Fatalf("with a streamed image in use, expected mounts, loop devices and processes under %s; found:\n%s", n.agent.root, during)
 		}
 		t.Logf("in use:\n%s", during)
+		if len(n.containerd.Shims()) == 0 {
+			t.Fatalf("no shim of this containerd found while its pod runs")
+		}
 		if out, err := exec.Command("nbdinfo", "--list", "nbd+unix:///?socket="+n.agent.nbd).CombinedOutput(); err != nil || !strings.Contains(string(out), "sha256:") {
 			t.Fatalf("nbdinfo --list shows no export while the image is in use: %v\n%s", err, out)
 		}
@@ -73,6 +76,10 @@ func TestCleanup(t *testing.T) {
 		})
 		if err != nil {
 			t.Errorf("left after removing every container, pod and image:\n%s", left)
+		}
+		// The pod's shim exits once its containers and sandbox are gone.
+		if err := waitFor(30*time.Second, func() bool { return len(n.containerd.Shims()) == 0 }); err != nil {
+			t.Errorf("shims of this containerd still running after every pod was removed: %v", n.containerd.Shims())
 		}
 		if v := n.metric("sluice_exports"); v != 0 {
 			t.Errorf("sluice_exports = %v", v)

@@ -4,7 +4,8 @@
 // (snapshotter = "sluice", a proxy plugin served by sluiced), crictl, ctr
 // and `sluice pull`, and images built and converted here without internet.
 // The tests of the main paths (CRI and `sluice pull` streaming, fallback,
-// refusal, cleanup, the harness itself) run once per containerd version,
+// refusal, shared base layers, cleanup, restart, the harness itself) run
+// once per containerd version,
 // as subtests: Debian's 1.6 (config version 2) and 2.x built by
 // scripts/install-deps.sh (config version 3, CRI pulling through the
 // transfer service); the others run on 1.6.
