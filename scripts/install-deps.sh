@@ -43,10 +43,21 @@ apt_packages=(
 	fuse3          # fusermount3 for nbdfuse (portable attach)
 )
 
-# Go tools, as "name=module/path@version" (name = the binary go install makes).
+# Go tools, as "name=module/path@version[ go-install-flags]" (name = the
+# binary go install makes, optionally below a subdirectory of $tools_bin).
 # Add entries here when tests need them; they go into $tools_bin.
+# containerd 2.x is not packaged: its daemon, shim and ctr go into
+# $tools_bin/containerd2/, apart from Debian's containerd 1.6 (test/agent runs
+# against both; the 2.x daemon finds its own shim by PATH, so the harness puts
+# that directory first on the daemon's PATH).
+containerd2="github.com/containerd/containerd/v2/cmd"
+containerd2_version=v2.4.2
+containerd2_flags="-tags=no_btrfs,no_devmapper"
 go_tools=(
 	"crictl=sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0" # CRI client for test/agent and the demo
+	"containerd2/containerd=$containerd2/containerd@$containerd2_version $containerd2_flags"
+	"containerd2/containerd-shim-runc-v2=$containerd2/containerd-shim-runc-v2@$containerd2_version $containerd2_flags"
+	"containerd2/ctr=$containerd2/ctr@$containerd2_version $containerd2_flags"
 )
 
 die() {
@@ -120,13 +131,15 @@ if ((${#go_tools[@]})); then
 	mkdir -p "$tools_bin"
 	for entry in "${go_tools[@]}"; do
 		name="${entry%%=*}"
-		module="${entry#*=}"
+		read -r module flags <<<"${entry#*=}"
 		if [[ -x "$tools_bin/$name" ]]; then
 			say "go tool $name: present"
 			continue
 		fi
-		echo "install-deps: go install $module -> $tools_bin"
-		GOBIN="$tools_bin" go install "$module" || die "go install $module failed"
+		gobin="$(dirname "$tools_bin/$name")"
+		echo "install-deps: go install ${flags:+$flags }$module -> $gobin"
+		# shellcheck disable=SC2086 # flags are words
+		GOBIN="$gobin" CGO_ENABLED=1 go install $flags "$module" || die "go install $module failed"
 	done
 fi
 

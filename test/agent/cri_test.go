@@ -3,6 +3,8 @@ package agent
 import (
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/test/internal/containerdtest"
 )
 
 // blobGETs returns the digests of the blobs GET since mark (in any
@@ -53,14 +55,40 @@ func (e *env) checkNoLayerDownloads(t *testing.T, mark int, ti *testImage, what 
 
 // TestCRIPullStreams: a CRI pull of a converted image downloads no layer
 // (the registry's access log says so), a container of it runs and sees
-// the image's files, and sluiced counts the bytes it fetched.
+// the image's files, and sluiced counts the bytes it fetched. On each
+// containerd version with its own config, and on 2.x with 1.6's config (a
+// node upgraded without touching it), whose CRI pulls another way.
 func TestCRIPullStreams(t *testing.T) {
 	e := getEnv(t)
-	n := newNode(t, e, nodeOpts{})
+	forEachContainerd(t, func(t *testing.T, ctrd containerdtest.Version) {
+		testCRIPullStreams(t, e, nodeOpts{containerd: ctrd})
+	})
+	t.Run(containerdtest.V2.String()+"-config2", func(t *testing.T) {
+		if err := containerdtest.V2.Available(); err != nil {
+			t.Skip(err)
+		}
+		testCRIPullStreams(t, e, nodeOpts{containerd: containerdtest.V2, configVersion: 2})
+	})
+}
+
+func testCRIPullStreams(t *testing.T, e *env, opts nodeOpts) {
+	n := newNode(t, e, opts)
 	a := e.images[repoA]
 	mark := e.mark(t)
 	n.pull(a.ref)
 	e.checkNoLayerDownloads(t, mark, a, "crictl pull of the converted image")
+	if opts.containerd == containerdtest.V2 {
+		// 2.x's CRI pulls through the transfer service by default, with
+		// client.Pull (as 1.6) when its config has
+		// disable_snapshot_annotations = false or registry mirrors.
+		want := "using transfer service"
+		if opts.configVersion == 2 {
+			want = "using client.Pull()"
+		}
+		if !strings.Contains(n.containerd.Log(), want) {
+			t.Errorf("containerd 2.x's CRI did not pull %s (not in its debug log)", want)
+		}
+	}
 	if v := n.metric("sluice_placeholders_total"); v < float64(len(a.layers)) {
 		t.Errorf("sluice_placeholders_total = %v after pulling %d layers", v, len(a.layers))
 	}

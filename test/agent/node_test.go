@@ -22,6 +22,11 @@ import (
 
 // nodeOpts says how to set a node up.
 type nodeOpts struct {
+	// containerd is the containerd version to run (1.6 by default).
+	containerd containerdtest.Version
+	// configVersion is containerd's config version; 0 is the version's
+	// own (see containerdtest.Config).
+	configVersion int
 	// snapshotter is "sluice" (sluiced as a proxy plugin, the default) or
 	// a built-in one such as "overlayfs" (no sluiced at all).
 	snapshotter string
@@ -63,10 +68,12 @@ func newNode(t *testing.T, e *env, opts nodeOpts) *node {
 	t.Cleanup(n.teardown)
 	ctx := context.Background()
 	cfg := containerdtest.Config{
-		Dir:          filepath.Join(dir, "containerd"),
-		Snapshotter:  opts.snapshotter,
-		SandboxImage: sandboxRef,
-		Registries:   append([]string{e.registry.Addr}, opts.registries...),
+		Dir:           filepath.Join(dir, "containerd"),
+		Version:       opts.containerd,
+		ConfigVersion: opts.configVersion,
+		Snapshotter:   opts.snapshotter,
+		SandboxImage:  sandboxRef,
+		Registries:    append([]string{e.registry.Addr}, opts.registries...),
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -84,6 +91,21 @@ func newNode(t *testing.T, e *env, opts nodeOpts) *node {
 		}
 	}
 	return n
+}
+
+// forEachContainerd runs f as a subtest against each containerd version
+// the harness knows (Debian's 1.6, and 2.x from scripts/install-deps.sh),
+// named after it; a version that is not installed skips its subtest,
+// saying how to install it.
+func forEachContainerd(t *testing.T, f func(t *testing.T, ctrd containerdtest.Version)) {
+	for _, v := range containerdtest.Versions {
+		t.Run(v.String(), func(t *testing.T) {
+			if err := v.Available(); err != nil {
+				t.Skip(err)
+			}
+			f(t, v)
+		})
+	}
 }
 
 // teardown removes pods and containers (CRI's and ctr's), stops containerd,

@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"github.com/sluice-project/sluice/test/internal/leakcheck"
 )
 
@@ -16,15 +17,19 @@ import (
 // processes; nothing mounted twice, nothing leaked), the running container
 // reads files it had not read before (so through the device, served by the
 // new process), and a new container of the image starts.
+// On each containerd version: its gRPC client of the proxy snapshotter
+// must get through to the new process.
 func TestRestart(t *testing.T) {
 	e := getEnv(t)
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		t.Run(sig.String(), func(t *testing.T) { testRestart(t, e, sig) })
-	}
+	forEachContainerd(t, func(t *testing.T, ctrd containerdtest.Version) {
+		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+			t.Run(sig.String(), func(t *testing.T) { testRestart(t, e, ctrd, sig) })
+		}
+	})
 }
 
-func testRestart(t *testing.T, e *env, sig syscall.Signal) {
-	n := newNode(t, e, nodeOpts{})
+func testRestart(t *testing.T, e *env, ctrd containerdtest.Version, sig syscall.Signal) {
+	n := newNode(t, e, nodeOpts{containerd: ctrd})
 	a := e.images[repoA]
 	n.pull(a.ref)
 	pod, podCfg := n.runPod("restart")

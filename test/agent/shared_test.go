@@ -3,6 +3,8 @@ package agent
 import (
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/test/internal/containerdtest"
 )
 
 // TestSharedBaseLayers: images A (converted) and B (not) share their two
@@ -11,10 +13,10 @@ import (
 // on a fresh node), containers of A, of B, and of Base (only the two
 // shared layers: its container runs on the intermediate snapshot A
 // committed as a placeholder) must see exactly their reference root
-// filesystems.
+// filesystems. On each containerd version (on 2.x one order only).
 func TestSharedBaseLayers(t *testing.T) {
 	e := getEnv(t)
-	a, b, base := e.images[repoA], e.images[repoB], e.images[repoBase]
+	a := e.images[repoA]
 	mark := e.mark(t)
 	defer func() {
 		got, _ := e.blobGETs(t, mark)
@@ -22,13 +24,27 @@ func TestSharedBaseLayers(t *testing.T) {
 			t.Errorf("A's own top layer %s was downloaded %d times", a.layers[2], n)
 		}
 	}()
-	for _, order := range [][]*testImage{{a, b, base}, {b, a, base}, {a, base}, {base, a}} {
+	forEachContainerd(t, func(t *testing.T, ctrd containerdtest.Version) {
+		testSharedBaseLayers(t, e, ctrd)
+	})
+}
+
+func testSharedBaseLayers(t *testing.T, e *env, ctrd containerdtest.Version) {
+	a, b, base := e.images[repoA], e.images[repoB], e.images[repoBase]
+	orders := [][]*testImage{{a, b, base}, {b, a, base}, {a, base}, {base, a}}
+	if ctrd == containerdtest.V2 {
+		// Only the order that goes through every case (placeholders,
+		// an unconverted image on them, a container on an intermediate
+		// one), to keep the suite's time down.
+		orders = orders[:1]
+	}
+	for _, order := range orders {
 		var names []string
 		for _, ti := range order {
 			names = append(names, ti.ref[strings.Index(ti.ref, "/")+1:])
 		}
 		t.Run(strings.ReplaceAll(strings.Join(names, "-then-"), "/", "_"), func(t *testing.T) {
-			n := newNode(t, e, nodeOpts{})
+			n := newNode(t, e, nodeOpts{containerd: ctrd})
 			for _, ti := range order {
 				n.pull(ti.ref)
 			}
