@@ -76,11 +76,22 @@ containerd's config (/etc/containerd/config.toml) names the socket:
     type = "snapshot"
     address = "/run/sluice/snapshotter.sock"
 
-and CRI must pass the image labels to it:
+and CRI must pass the image labels to it. containerd 1.6/1.7 (config version 2):
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "sluice"
     disable_snapshot_annotations = false
+
+containerd 2.x (config version 3; its transfer service passes the labels
+only with the exports line, and unpacks only into listed snapshotters):
+
+  [proxy_plugins.sluice.exports]
+    enable_remote_snapshot_annotations = "true"
+  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+    platform = "linux/amd64"
+    snapshotter = "sluice"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "sluice"
 
 Start sluiced before containerd. SIGTERM or SIGINT stops it; the image mounts
 of running containers stay, and the next start adopts them.`,
