@@ -77,6 +77,17 @@ func TestCleanup(t *testing.T) {
 		if err != nil {
 			t.Errorf("left after removing every container, pod and image:\n%s", left)
 		}
+		// The same, as an operator would look: /proc/mounts and losetup -a.
+		if b, err := os.ReadFile("/proc/mounts"); err != nil {
+			t.Error(err)
+		} else if lines := linesMentioning(string(b), n.dir); len(lines) > 0 {
+			t.Errorf("/proc/mounts still lists:\n%s", strings.Join(lines, "\n"))
+		}
+		if out, err := exec.Command("losetup", "-a").CombinedOutput(); err != nil {
+			t.Errorf("losetup -a: %v\n%s", err, out)
+		} else if lines := linesMentioning(string(out), n.dir); len(lines) > 0 {
+			t.Errorf("losetup -a still lists:\n%s", strings.Join(lines, "\n"))
+		}
 		// The pod's shim exits once its containers and sandbox are gone.
 		if err := waitFor(30*time.Second, func() bool { return len(n.containerd.Shims()) == 0 }); err != nil {
 			t.Errorf("shims of this containerd still running after every pod was removed: %v", n.containerd.Shims())
@@ -106,4 +117,15 @@ func TestCleanup(t *testing.T) {
 			}
 		}
 	})
+}
+
+// linesMentioning returns the lines of text that contain dir.
+func linesMentioning(text, dir string) []string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, dir) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
