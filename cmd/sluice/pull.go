@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -28,15 +29,15 @@ Kubernetes, then e.g. "ctr run --snapshotter sluice IMAGE ID".
 
 Registry credentials come from the docker config and its credential helpers.`,
 		Example: `  sluice pull registry.example.com/team/app:v1
-  sluice pull --plain-http --namespace default 127.0.0.1:5000/app:v1 && ctr run --rm --snapshotter sluice 127.0.0.1:5000/app:v1 app`,
+  sluice pull --plain-http 127.0.0.1:5000/app:v1 && ctr run --rm --snapshotter sluice 127.0.0.1:5000/app:v1 app`,
 		Args: exactArgs(1, "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := namespaces.WithNamespace(cmd.Context(), namespace)
 			return pull(ctx, g, address, snapshotter, platform, args[0])
 		},
 	}
-	cmd.Flags().StringVar(&address, "address", "/run/containerd/containerd.sock", "containerd's gRPC socket")
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "k8s.io", "containerd namespace (CRI uses k8s.io, ctr uses default)")
+	cmd.Flags().StringVarP(&address, "address", "a", envOr("CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"), "containerd's gRPC socket, as ctr's: $CONTAINERD_ADDRESS if set")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", envOr(namespaces.NamespaceEnvVar, namespaces.Default), "containerd namespace, as ctr's: $CONTAINERD_NAMESPACE if set (CRI's images are in k8s.io)")
 	cmd.Flags().StringVar(&snapshotter, "snapshotter", "sluice", "snapshotter to unpack into, as named in containerd's proxy_plugins")
 	cmd.Flags().StringVar(&platform, "platform", "", "platform to pull (default: this machine's)")
 	return cmd
@@ -97,4 +98,13 @@ func pull(ctx context.Context, g *globals, address, snapshotter, platform, image
 		Dur("elapsed", time.Since(start)).Msg("pulled")
 	fmt.Printf("%s@%s\n", img.Name(), img.Target().Digest)
 	return nil
+}
+
+// envOr returns the environment variable key if set, else def: pull's
+// defaults follow ctr's and nerdctl's.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
