@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -26,15 +25,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A test layer: path -> content; "dir/" is a directory, whiteout deletes
-// the path, opaque (on "dir/") hides what lower layers have in dir.
-type layerSpec map[string]string
-
-const (
-	whiteout = "\x00whiteout"
-	opaque   = "\x00opaque"
-)
-
 // testImage is an image as containerd sees it (layers, chain IDs) plus, for
 // a converted one, its flattened ext4 image.
 type testImage struct {
@@ -43,47 +33,6 @@ type testImage struct {
 	chain         []string // chain IDs
 	expected      map[string]string
 	ext4          string // "" when not converted
-}
-
-// layerBlob makes a gzipped tar of spec.
-func layerBlob(t *testing.T, spec layerSpec) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	names := make([]string, 0, len(spec))
-	for name := range spec {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		content := spec[name]
-		var hdr tar.Header
-		switch {
-		case content == whiteout:
-			dir, base := filepath.Split(name)
-			hdr = tar.Header{Name: dir + ".wh." + base, Typeflag: tar.TypeReg, Mode: 0o644}
-		case content == opaque:
-			hdr = tar.Header{Name: name + ".wh..wh..opq", Typeflag: tar.TypeReg, Mode: 0o644}
-		case strings.HasSuffix(name, "/"):
-			hdr = tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}
-		default:
-			hdr = tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))}
-		}
-		if err := tw.WriteHeader(&hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Size > 0 {
-			io.WriteString(tw, content)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 // applyBlob applies a layer blob to dir the way containerd does.

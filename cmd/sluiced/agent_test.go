@@ -9,12 +9,14 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // The test image: a base layer and an app layer that replaces and deletes
 // base files; big is large enough to span several chunks.
 var (
-	baseLayer = layerSpec{
+	baseLayer = testutil.LayerSpec{
 		"etc/":           "",
 		"etc/os-release": "base\n",
 		"bin/":           "",
@@ -24,14 +26,14 @@ var (
 		"usr/share/big":  strings.Repeat("0123456789abcdef", 64<<10), // 1 MiB
 		"usr/share/old":  "old\n",
 	}
-	appLayer = layerSpec{
+	appLayer = testutil.LayerSpec{
 		"etc/":           "",
 		"etc/os-release": "app\n",
 		"app/":           "",
 		"app/run":        "run\n",
 		"usr/":           "",
 		"usr/share/":     "",
-		"usr/share/old":  whiteout,
+		"usr/share/old":  testutil.Whiteout,
 	}
 )
 
@@ -87,7 +89,7 @@ func TestAgentStreamsConvertedImage(t *testing.T) {
 	}
 	fetched := a.metric(t, `sluice_fetched_bytes_total`)
 
-	removeAll(t, ctx, sn)
+	testutil.RemoveAll(t, ctx, sn)
 	if got := a.metric(t, `sluice_exports`); got != 0 {
 		t.Errorf("exports = %v after every snapshot is gone", got)
 	}
@@ -273,7 +275,7 @@ func TestAgentSharedBaseMaterialized(t *testing.T) {
 	reg := newTestRegistry(t, nil)
 	streamed := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
 	convert(t, streamed)
-	other := pushImage(t, reg, "other:v1", nil, baseLayer, layerSpec{"other/": "", "other/file": "other\n"})
+	other := pushImage(t, reg, "other:v1", nil, baseLayer, testutil.LayerSpec{"other/": "", "other/file": "other\n"})
 	if streamed.chain[0] != other.chain[0] {
 		t.Fatal("the images do not share their base layer")
 	}
@@ -293,7 +295,7 @@ func TestAgentSharedBaseMaterialized(t *testing.T) {
 	if got := a.metric(t, `sluice_materializations_total`); got != 1 {
 		t.Errorf("materializations_total = %v, want 1", got)
 	}
-	removeAll(t, ctx, sn)
+	testutil.RemoveAll(t, ctx, sn)
 	if err := a.close(); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestAgentCredentialsFile streams an image from a registry that wants
@@ -58,7 +60,7 @@ func TestAgentCredentialsFile(t *testing.T) {
 	if got := a.metric(t, `sluice_fetched_bytes_total`); got <= 0 {
 		t.Errorf("fetched_bytes_total = %v", got)
 	}
-	removeAll(t, ctx, sn)
+	testutil.RemoveAll(t, ctx, sn)
 	if err := a.close(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -193,57 +192,14 @@ type testImage struct {
 	files    map[string]string // expected rootfs content of regular files
 }
 
-// layerSpec: path -> content; a path ending in "/" is a directory, the
-// content "\x00whiteout" deletes the path.
-type layerSpec map[string]string
-
-const whiteout = "\x00whiteout"
-
-func layerBlob(t *testing.T, spec layerSpec) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	names := make([]string, 0, len(spec))
-	for n := range spec {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	mtime := time.Unix(1700000000, 0)
-	for _, n := range names {
-		content := spec[n]
-		hdr := tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content)), ModTime: mtime}
-		switch {
-		case content == whiteout:
-			dir, base := filepath.Split(n)
-			hdr = tar.Header{Name: dir + ".wh." + base, Typeflag: tar.TypeReg, Mode: 0o644, ModTime: mtime}
-		case strings.HasSuffix(n, "/"):
-			hdr = tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime}
-		}
-		if err := tw.WriteHeader(&hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Size > 0 {
-			io.WriteString(tw, content)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 // pushImage pushes an image of the layers to reg as repo:tag.
-func pushImage(t *testing.T, reg *testRegistry, repoTag string, keychain authn.Keychain, specs ...layerSpec) *testImage {
+func pushImage(t *testing.T, reg *testRegistry, repoTag string, keychain authn.Keychain, specs ...testutil.LayerSpec) *testImage {
 	t.Helper()
 	img := &testImage{ref: reg.host + "/" + repoTag, files: map[string]string{}}
 	var layers []v1.Layer
 	var diffIDs []digest.Digest
 	for _, spec := range specs {
-		b := layerBlob(t, spec)
+		b := testutil.LayerBlob(t, spec)
 		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
 		if err != nil {
 			t.Fatal(err)
@@ -256,7 +212,7 @@ func pushImage(t *testing.T, reg *testRegistry, repoTag string, keychain authn.K
 		layers = append(layers, l)
 		for p, c := range spec {
 			switch {
-			case c == whiteout:
+			case c == testutil.Whiteout:
 				delete(img.files, p)
 			case !strings.HasSuffix(p, "/"):
 				img.files[p] = c
@@ -543,33 +499,6 @@ func checkRootfs(t *testing.T, ctx context.Context, mounts []mount.Mount, want m
 	}
 	if err := os.WriteFile(filepath.Join(target, "written-by-container"), []byte("x"), 0o644); err != nil {
 		t.Errorf("writing in the container's rootfs: %v", err)
-	}
-}
-
-// removeAll removes every snapshot, children first, as containerd's
-// garbage collector does.
-func removeAll(t *testing.T, ctx context.Context, sn snapshots.Snapshotter) {
-	t.Helper()
-	for {
-		parents := map[string]bool{}
-		var all []string
-		if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-			all = append(all, info.Name)
-			parents[info.Parent] = true
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if len(all) == 0 {
-			return
-		}
-		for _, n := range all {
-			if !parents[n] {
-				if err := sn.Remove(ctx, n); err != nil {
-					t.Fatalf("remove %s: %v", n, err)
-				}
-			}
-		}
 	}
 }
 

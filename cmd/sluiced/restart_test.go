@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestAgentRestartKeepsMounts: the agent stops while a container's rootfs
@@ -59,7 +61,7 @@ func TestAgentRestartKeepsMounts(t *testing.T) {
 	if err := mount.UnmountAll(rootfs, 0); err != nil {
 		t.Fatal(err)
 	}
-	removeAll(t, ctx, b.client(t))
+	testutil.RemoveAll(t, ctx, b.client(t))
 	if err := b.close(); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +127,7 @@ func TestAgentRestartWithRegistryDown(t *testing.T) {
 	if err := mount.UnmountAll(rootfs, 0); err != nil {
 		t.Fatal(err)
 	}
-	removeAll(t, ctx, b.client(t))
+	testutil.RemoveAll(t, ctx, b.client(t))
 	if memos, _ := filepath.Glob(filepath.Join(dir, "root", "artifacts", "*")); len(memos) != 0 {
 		t.Errorf("artifact memos left after the image is gone: %v", memos)
 	}
