@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,22 +25,7 @@ func TestAgentRestartKeepsMounts(t *testing.T) {
 	dir := tempDir(t)
 	edit := func(c *Config) { c.PlainHTTP = []string{reg.host} }
 	a := mustStartAgent(t, dir, edit)
-	sn := a.client(t)
-	if _, err := unpack(t, ctx, sn, img); err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := sn.Prepare(ctx, "container", img.chain[len(img.chain)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.All(mounts, rootfs); err != nil {
-		t.Fatal(err)
-	}
-	defer mount.UnmountAll(rootfs, 0)
+	rootfs := mountContainer(t, ctx, a, img)
 	if b, err := os.ReadFile(filepath.Join(rootfs, "app/run")); err != nil || string(b) != "run\n" {
 		t.Fatalf("app/run before the restart: %q, %v", b, err)
 	}
@@ -84,22 +70,7 @@ func TestAgentRestartWithRegistryDown(t *testing.T) {
 		c.Cache.BackgroundRate = "64MiB" // the whole image is cached soon
 	}
 	a := mustStartAgent(t, dir, edit)
-	sn := a.client(t)
-	if _, err := unpack(t, ctx, sn, img); err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := sn.Prepare(ctx, "container", img.chain[len(img.chain)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.All(mounts, rootfs); err != nil {
-		t.Fatal(err)
-	}
-	defer mount.UnmountAll(rootfs, 0)
+	rootfs := mountContainer(t, ctx, a, img)
 	percent := `sluice_image_percent_complete{artifact="` + artifact.String() + `",image="` + img.ref + `"}`
 	for deadline := time.Now().Add(time.Minute); a.metric(t, percent) < 100; {
 		if time.Now().After(deadline) {
@@ -135,4 +106,28 @@ func TestAgentRestartWithRegistryDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNoLeaks(t, dir)
+}
+
+// mountContainer unpacks img through agent a, prepares a container
+// snapshot on top and mounts it at rootfs under the agent's directory
+// (unmounted when the test ends, if the test has not done it).
+func mountContainer(t *testing.T, ctx context.Context, a *testAgent, img *testImage) (rootfs string) {
+	t.Helper()
+	sn := a.client(t)
+	if _, err := unpack(t, ctx, sn, img); err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := sn.Prepare(ctx, "container", img.chain[len(img.chain)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs = filepath.Join(a.dir, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := mount.All(mounts, rootfs); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.UnmountAll(rootfs, 0) })
+	return rootfs
 }
