@@ -23,6 +23,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // testImage is an image as containerd sees it (layers, chain IDs) plus, for
@@ -228,44 +230,12 @@ func (s *fakeStream) Close() error {
 	return nil
 }
 
-// unpack does what containerd's unpacker does with an image's layers:
-// skip layers whose chain ID exists, Prepare with the CRI labels, and on
-// ErrAlreadyExists go on; else apply the layer and commit it.
+// unpack unpacks img, made of blobs, through sn as containerd's CRI
+// unpacker does.
 func unpack(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, img *testImage, blobs [][]byte) error {
 	t.Helper()
-	parent := ""
-	for i, chain := range img.chain {
-		if _, err := sn.Stat(ctx, chain); err == nil {
-			parent = chain
-			continue
-		}
-		key := fmt.Sprintf("extract-%d-%s", i, chain)
-		labels := map[string]string{
-			labelTargetRef:      chain,
-			labelImageRef:       img.ref,
-			labelManifestDigest: img.manifest,
-			labelLayerDigest:    img.layers[i],
-			labelImageLayers:    strings.Join(img.layers[i:], ","),
-		}
-		mounts, err := sn.Prepare(ctx, key, parent, snapshots.WithLabels(labels))
-		if errdefs.IsAlreadyExists(err) {
-			parent = chain
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
-		}
-		if err := mount.WithTempMount(ctx, mounts, func(root string) error {
-			return applyBlob(ctx, root, blobs[i])
-		}); err != nil {
-			return fmt.Errorf("apply layer %d: %w", i, err)
-		}
-		if err := sn.Commit(ctx, chain, key, snapshots.WithLabels(map[string]string{labelTargetRef: chain})); err != nil {
-			return fmt.Errorf("commit layer %d: %w", i, err)
-		}
-		parent = chain
-	}
-	return nil
+	_, err := testutil.Unpack(ctx, sn, testutil.UnpackImage{Ref: img.ref, Manifest: img.manifest, Layers: img.layers, Chain: img.chain, Blobs: blobs})
+	return err
 }
 
 // rootfsOf mounts a snapshot's mounts and returns its tree; write, if not

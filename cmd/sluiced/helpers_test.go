@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,8 +21,6 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
-	"github.com/containerd/containerd/v2/pkg/archive"
-	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -42,15 +39,6 @@ import (
 
 	"github.com/sluice-project/sluice/imageconv"
 	"github.com/sluice-project/sluice/test/testutil"
-)
-
-// Labels containerd's CRI unpack passes (snapshot/labels.go reads them).
-const (
-	labelTargetRef      = "containerd.io/snapshot.ref"
-	labelImageRef       = "containerd.io/snapshot/cri.image-ref"
-	labelManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
-	labelLayerDigest    = "containerd.io/snapshot/cri.layer-digest"
-	labelImageLayers    = "containerd.io/snapshot/cri.image-layers"
 )
 
 // requirePortable skips tests that mount when the host cannot; missing
@@ -399,55 +387,20 @@ func (a *testAgent) metric(t *testing.T, sample string) float64 {
 	return -1
 }
 
-// unpack does what containerd's unpacker does with an image's layers under
-// CRI: skip layers whose chain ID exists, Prepare with the CRI labels, on
-// ErrAlreadyExists go on, else apply the layer and commit it. It returns
-// how many layers were applied (downloaded).
+// unpack unpacks img through sn as containerd's CRI unpacker does; it
+// returns how many layers were applied (downloaded).
 func unpack(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, img *testImage) (applied int, err error) {
 	t.Helper()
-	parent := ""
-	for i, chain := range img.chain {
-		if _, err := sn.Stat(ctx, chain); err == nil {
-			parent = chain
-			continue
-		}
-		key := fmt.Sprintf("extract-%d-%s", i, chain)
-		mounts, err := sn.Prepare(ctx, key, parent, withUnpackLabels(img, i))
-		if errdefs.IsAlreadyExists(err) {
-			parent = chain
-			continue
-		}
-		if err != nil {
-			return applied, fmt.Errorf("layer %d: %w", i, err)
-		}
-		if err := mount.WithTempMount(ctx, mounts, func(root string) error {
-			gz, err := gzip.NewReader(bytes.NewReader(img.blobs[i]))
-			if err != nil {
-				return err
-			}
-			_, err = archive.Apply(ctx, root, gz)
-			return err
-		}); err != nil {
-			return applied, fmt.Errorf("apply layer %d: %w", i, err)
-		}
-		if err := sn.Commit(ctx, chain, key, snapshots.WithLabels(map[string]string{labelTargetRef: chain})); err != nil {
-			return applied, fmt.Errorf("commit layer %d: %w", i, err)
-		}
-		applied++
-		parent = chain
-	}
-	return applied, nil
+	return testutil.Unpack(ctx, sn, img.unpackImage())
 }
 
 // withUnpackLabels gives layer i's Prepare the labels a CRI unpack sets.
 func withUnpackLabels(img *testImage, i int) snapshots.Opt {
-	return snapshots.WithLabels(map[string]string{
-		labelTargetRef:      img.chain[i],
-		labelImageRef:       img.ref,
-		labelManifestDigest: img.manifest,
-		labelLayerDigest:    img.layers[i],
-		labelImageLayers:    strings.Join(img.layers[i:], ","),
-	})
+	return snapshots.WithLabels(img.unpackImage().Labels(i))
+}
+
+func (img *testImage) unpackImage() testutil.UnpackImage {
+	return testutil.UnpackImage{Ref: img.ref, Manifest: img.manifest, Layers: img.layers, Chain: img.chain, Blobs: img.blobs}
 }
 
 // checkRootfs mounts a container snapshot and compares its regular files
