@@ -66,12 +66,8 @@ func TestTamperedArtifact(t *testing.T) {
 // is back, the same pull streams.
 func TestRegistryDown(t *testing.T) {
 	e := getEnv(t)
-	dir := t.TempDir()
-	reg, err := debregistry.Start(filepath.Join(dir, "registry"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Stop)
+	storage := filepath.Join(t.TempDir(), "registry")
+	reg := startRegistry(t, storage)
 	ti, err := describe(e.images[repoA].img, reg.Addr+"/down/a:v1")
 	if err != nil {
 		t.Fatal(err)
@@ -104,11 +100,7 @@ func TestRegistryDown(t *testing.T) {
 	t.Logf("sluice pull: %s", strings.TrimSpace(out))
 
 	// Back where it was: the same pull now streams.
-	reg, err = debregistry.Start(filepath.Join(dir, "registry"), debregistry.WithAddr(reg.Addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Stop)
+	reg = startRegistry(t, storage, debregistry.WithAddr(reg.Addr))
 	if out, err := n.sluicePull("default", ti.ref); err != nil {
 		t.Fatalf("sluice pull once the registry is back: %v\n%s", err, out)
 	}

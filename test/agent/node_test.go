@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
+	"github.com/sluice-project/sluice/test/internal/debregistry"
 	"github.com/sluice-project/sluice/test/internal/leakcheck"
 	"github.com/sluice-project/sluice/test/internal/proc"
 )
@@ -496,6 +497,41 @@ func quoteAll(ss []string) []string {
 func tail(s string, lines int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(l[max(0, len(l)-lines):], "\n")
+}
+
+// assertNothingLeft waits up to d for no mount or loop device to be left
+// anywhere below the node (containerd's too) and no process of sluiced's
+// devices (not the daemons themselves), and fails the test with what is
+// still there when it gives up.
+func (n *node) assertNothingLeft(d time.Duration) {
+	n.t.Helper()
+	var left leakcheck.Leaks
+	var err error
+	err = waitFor(d, func() bool {
+		if left.Mounts, err = leakcheck.Mounts(n.dir); err != nil {
+			return false
+		}
+		if left.Loops, err = leakcheck.Loops(n.dir); err != nil {
+			return false
+		}
+		left.Procs = leakcheck.Procs(n.agent.root)
+		return left.Empty()
+	})
+	if err != nil {
+		n.t.Errorf("left after removing every container, pod and image:\n%s", left)
+	}
+}
+
+// startRegistry starts a docker-registry of the test's own, keeping its
+// blobs in storage, and stops it when the test ends.
+func startRegistry(t *testing.T, storage string, opts ...debregistry.Option) *debregistry.Registry {
+	t.Helper()
+	reg, err := debregistry.Start(storage, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Stop)
+	return reg
 }
 
 var errTimeout = errors.New("timed out")

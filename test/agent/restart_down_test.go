@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/sluice-project/sluice/test/internal/debregistry"
 )
 
 // TestRestartRegistryDown: once an image is fully in the cache, neither
@@ -17,12 +15,7 @@ import (
 // the image starts with the whole root filesystem.
 func TestRestartRegistryDown(t *testing.T) {
 	e := getEnv(t)
-	dir := t.TempDir()
-	reg, err := debregistry.Start(filepath.Join(dir, "registry"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Stop)
+	reg := startRegistry(t, filepath.Join(t.TempDir(), "registry"))
 	a := e.images[repoA]
 	ti, err := describe(a.img, reg.Addr+"/offline/a:v1")
 	if err != nil {
