@@ -22,9 +22,9 @@ import (
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 
 	"github.com/sluice-project/sluice/test/testutil"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // testImage is an image as containerd sees it (layers, chain IDs) plus, for
@@ -262,20 +262,9 @@ func rootfsOf(t *testing.T, ctx context.Context, mounts []mount.Mount, write fun
 }
 
 // snapshotRoot is a snapshotter root that is cleaned up even when a test
-// fails half-way: lazy unmounts, loop devices detached.
+// fails half-way: mounts, loop devices and processes under it go.
 func snapshotRoot(t *testing.T) string {
 	root := tempDir(t)
-	t.Cleanup(func() {
-		points, _ := mountsUnder(root)
-		for i := len(points) - 1; i >= 0; i-- {
-			unix.Unmount(points[i], unix.MNT_DETACH)
-		}
-		out, _ := exec.Command("losetup", "-a").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			if dev, _, ok := strings.Cut(line, ":"); ok && strings.Contains(line, root) {
-				exec.Command("losetup", "-d", dev).Run()
-			}
-		}
-	})
+	t.Cleanup(func() { leakcheck.Sweep(root) })
 	return root
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -33,12 +32,12 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sluice-project/sluice/imageconv"
 	"github.com/sluice-project/sluice/test/testutil"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // requirePortable skips tests that mount when the host cannot; missing
@@ -61,7 +60,7 @@ func requirePortable(t *testing.T) {
 }
 
 // tempDir is a short directory under /tmp (unix socket paths are short),
-// cleaned up with whatever is still mounted under it.
+// cleaned up with whatever is still mounted, attached or running under it.
 func tempDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "sluiced-")
@@ -69,63 +68,29 @@ func tempDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		points := mountsUnder(dir)
-		for i := len(points) - 1; i >= 0; i-- {
-			unix.Unmount(points[i], unix.MNT_DETACH)
-		}
-		out, _ := exec.Command("losetup", "-a").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			if dev, _, ok := strings.Cut(line, ":"); ok && strings.Contains(line, dir) {
-				exec.Command("losetup", "-d", dev).Run()
-			}
-		}
+		leakcheck.Sweep(dir)
 		os.RemoveAll(dir)
 	})
 	return dir
 }
 
-// mountsUnder lists mount points under dir, outermost first.
-func mountsUnder(dir string) []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			points = append(points, f[4])
-		}
-	}
-	sort.Strings(points)
-	return points
-}
-
-// assertNoLeaks fails if mounts, loop devices or nbdfuse/nbdkit processes
-// referring to dir remain (processes get a few seconds to exit).
+// assertNoLeaks fails if mounts, loop devices or processes (nbdfuse,
+// nbdkit) referring to dir remain (processes get a few seconds to exit).
 func assertNoLeaks(t *testing.T, dir string) {
 	t.Helper()
-	var left []string
+	var left leakcheck.Leaks
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		left = mountsUnder(dir)
-		out, _ := exec.Command("losetup", "-a").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, dir) {
-				left = append(left, "loop "+line)
-			}
+		var err error
+		if left, err = leakcheck.Find(dir); err != nil {
+			t.Fatal(err)
 		}
-		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-		for _, p := range procs {
-			b, _ := os.ReadFile(p)
-			args := strings.Split(string(b), "\x00")
-			if n := filepath.Base(args[0]); (n == "nbdfuse" || n == "nbdkit") && strings.Contains(string(b), dir) {
-				left = append(left, "process "+strings.Join(args, " "))
-			}
-		}
-		if len(left) == 0 || time.Now().After(deadline) {
+		if left.Empty() || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, l := range left {
-		t.Errorf("left behind: %s", l)
+	if !left.Empty() {
+		t.Errorf("left behind:\n%s", left)
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
 
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // TestCleanup: once the containers, pods and images are removed through

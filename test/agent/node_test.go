@@ -18,8 +18,8 @@ import (
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"github.com/sluice-project/sluice/test/internal/debregistry"
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
 	"github.com/sluice-project/sluice/test/internal/proc"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // nodeOpts says how to set a node up.

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // TestRelayDied: the documented limit of the portable attach. While sluiced

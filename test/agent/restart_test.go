@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // TestRestart: sluiced is stopped (SIGTERM) or killed (SIGKILL) and
