@@ -24,23 +24,6 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// requirePortable skips when the host lacks FUSE or loop devices; missing
-// tools are a failure (scripts/install-deps.sh installs them).
-func requirePortable(t *testing.T) {
-	t.Helper()
-	requireRoot(t)
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, bin := range []string{"nbdkit", "nbdfuse", "losetup", "mke2fs"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not found (scripts/install-deps.sh installs it): %v", bin, err)
-		}
-	}
-}
-
 // testContext carries a logger writing to the test's log.
 func testContext(t *testing.T) context.Context {
 	l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)

@@ -53,7 +53,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, opts ...Opt) *fixture {
 	t.Helper()
-	requirePortable(t)
+	testutil.RequirePortable(t, "mke2fs")
 	f := &fixture{ctx: testContext(t), root: snapshotRoot(t), src: newFakeSource(t)}
 	base, mid := testutil.LayerBlob(t, baseLayer), testutil.LayerBlob(t, middleLayer)
 	f.blobsA = [][]byte{base, mid, testutil.LayerBlob(t, topA)}

@@ -44,7 +44,7 @@ func testContext() context.Context { return context.Background() }
 // a container snapshot on top mounts the image's files, and /metrics shows
 // the bytes its reads fetched. Removing the snapshots closes the export.
 func TestAgentStreamsConvertedImage(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
@@ -105,7 +105,7 @@ func TestAgentStreamsConvertedImage(t *testing.T) {
 // TestAgentFallsBackForUnconvertedImage: an image without an artifact is
 // unpacked the ordinary way, and /metrics counts why.
 func TestAgentFallsBackForUnconvertedImage(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "plain:v1", nil, baseLayer, appLayer)
@@ -135,7 +135,7 @@ func TestAgentFallsBackForUnconvertedImage(t *testing.T) {
 // image whose artifact index is corrupt and an image whose registry is down
 // fail their pull with an error naming the image and the reason.
 func TestAgentPolicyRequire(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	plain := pushImage(t, reg, "plain:v1", nil, baseLayer)
@@ -178,7 +178,7 @@ func TestAgentPolicyRequire(t *testing.T) {
 // and a registry that is down are logged with a clear reason and counted,
 // and the image is unpacked the ordinary way (where it can be).
 func TestAgentBadArtifactsFallBack(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	corrupt := pushImage(t, reg, "corrupt:v1", nil, baseLayer, appLayer)
@@ -214,7 +214,7 @@ func TestAgentBadArtifactsFallBack(t *testing.T) {
 // TestAgentHealthz: ok while serving; the kernel attacher is refused
 // clearly; the attacher choice is logged with its reason.
 func TestAgentHealthz(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	a := mustStartAgent(t, tempDir(t), nil)
 	resp, err := http.Get("http://" + a.metricsAddr + "/healthz")
 	if err != nil {
@@ -240,7 +240,7 @@ func TestAgentHealthz(t *testing.T) {
 // TestAgentSockets: a socket a dead agent left is removed; a live agent's
 // socket makes a second agent refuse to start.
 func TestAgentSockets(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	dir := tempDir(t)
 	stale := filepath.Join(dir, "snap.sock")
 	l, err := listenUnix(stale)
@@ -270,7 +270,7 @@ func TestAgentSockets(t *testing.T) {
 // (FetchLayer) to fill the placeholder, and the second image's rootfs is
 // whole.
 func TestAgentSharedBaseMaterialized(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	streamed := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)

@@ -16,7 +16,7 @@ import (
 // basic authentication, with the node credentials file, and never logs
 // the secret.
 func TestAgentCredentialsFile(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	const user, pass = "node", "s3cret-Pa55"
 	reg := newTestRegistry(t, basicAuth(user, pass))

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -39,25 +38,6 @@ import (
 	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
-
-// requirePortable skips tests that mount when the host cannot; missing
-// tools are a failure (scripts/install-deps.sh installs them).
-func requirePortable(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts ext4, overlayfs, FUSE and loop devices")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, bin := range []string{"nbdkit", "nbdfuse", "losetup"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not found (scripts/install-deps.sh installs it): %v", bin, err)
-		}
-	}
-}
 
 // tempDir is a short directory under /tmp (unix socket paths are short),
 // cleaned up with whatever is still mounted, attached or running under it.

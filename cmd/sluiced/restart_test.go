@@ -17,7 +17,7 @@ import (
 // is mounted; the image mount stays, the next agent adopts it (same export
 // name, the artifact digest), and reads of blocks never read before go on.
 func TestAgentRestartKeepsMounts(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
@@ -59,7 +59,7 @@ func TestAgentRestartKeepsMounts(t *testing.T) {
 // artifact it remembered: the container reads on. Once the image is no
 // longer used the memo goes.
 func TestAgentRestartWithRegistryDown(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
