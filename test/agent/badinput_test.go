@@ -68,22 +68,13 @@ func TestRegistryDown(t *testing.T) {
 	e := getEnv(t)
 	storage := filepath.Join(t.TempDir(), "registry")
 	reg := startRegistry(t, storage)
-	ti, err := describe(e.images[repoA].img, reg.Addr+"/down/a:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ti := e.pushConverted(t, e.images[repoA], reg.Addr+"/down/a:v1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := push(ctx, ti); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := e.run(ctx, e.sluice, "convert", "--plain-http", ti.ref); err != nil {
-		t.Fatalf("sluice convert: %v\n%s", err, out)
-	}
 	n := newNode(t, e, nodeOpts{registries: []string{reg.Addr}, noSandbox: true})
 	reg.Stop()
 
-	_, err = n.containerd.Crictl(ctx, "pull", ti.ref)
+	_, err := n.containerd.Crictl(ctx, "pull", ti.ref)
 	if err == nil {
 		t.Fatal("crictl pull from a registry that is down succeeded")
 	}

@@ -16,20 +16,9 @@ import (
 func TestRestartRegistryDown(t *testing.T) {
 	e := getEnv(t)
 	reg := startRegistry(t, filepath.Join(t.TempDir(), "registry"))
-	a := e.images[repoA]
-	ti, err := describe(a.img, reg.Addr+"/offline/a:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ti.listing = a.listing
+	ti := e.pushConverted(t, e.images[repoA], reg.Addr+"/offline/a:v1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := push(ctx, ti); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := e.run(ctx, e.sluice, "convert", "--plain-http", ti.ref); err != nil {
-		t.Fatalf("sluice convert: %v\n%s", err, out)
-	}
 	n := newNode(t, e, nodeOpts{registries: []string{reg.Addr}})
 	n.pull(ti.ref)
 	pod, podCfg := n.runPod("offline")
