@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // attacherSuite is the test every Attacher passes (the kernel attacher in
@@ -122,7 +124,7 @@ func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string)
 }
 
 func TestPortableAttacher(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t, "mke2fs")
 	attacherSuite(t, func(t *testing.T, stateDir string) Attacher {
 		return NewPortableAttacher(stateDir)
 	})
@@ -132,7 +134,7 @@ func TestPortableAttacher(t *testing.T) {
 // agent's back is not listed after a restart, and what is left of it (the
 // nbdfuse process, its mount) is cleaned up.
 func TestPortableAttacherForgetsGoneDevices(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t, "mke2fs")
 	tree := map[string]string{"hello.txt": "hello\n"}
 	ctx := testContext(t)
 	dir := tempDir(t)
@@ -158,7 +160,7 @@ func TestPortableAttacherForgetsGoneDevices(t *testing.T) {
 }
 
 func TestPortableAttacherBadExport(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t, "mke2fs")
 	ctx := testContext(t)
 	dir := tempDir(t)
 	a := NewPortableAttacher(filepath.Join(dir, "state"))

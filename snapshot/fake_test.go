@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -23,16 +22,9 @@ import (
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
-)
 
-// A test layer: path -> content; "dir/" is a directory, whiteout deletes
-// the path, opaque (on "dir/") hides what lower layers have in dir.
-type layerSpec map[string]string
-
-const (
-	whiteout = "\x00whiteout"
-	opaque   = "\x00opaque"
+	"github.com/sluice-project/sluice/test/testutil"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // testImage is an image as containerd sees it (layers, chain IDs) plus, for
@@ -43,47 +35,6 @@ type testImage struct {
 	chain         []string // chain IDs
 	expected      map[string]string
 	ext4          string // "" when not converted
-}
-
-// layerBlob makes a gzipped tar of spec.
-func layerBlob(t *testing.T, spec layerSpec) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	names := make([]string, 0, len(spec))
-	for name := range spec {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		content := spec[name]
-		var hdr tar.Header
-		switch {
-		case content == whiteout:
-			dir, base := filepath.Split(name)
-			hdr = tar.Header{Name: dir + ".wh." + base, Typeflag: tar.TypeReg, Mode: 0o644}
-		case content == opaque:
-			hdr = tar.Header{Name: name + ".wh..wh..opq", Typeflag: tar.TypeReg, Mode: 0o644}
-		case strings.HasSuffix(name, "/"):
-			hdr = tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}
-		default:
-			hdr = tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))}
-		}
-		if err := tw.WriteHeader(&hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Size > 0 {
-			io.WriteString(tw, content)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 // applyBlob applies a layer blob to dir the way containerd does.
@@ -279,44 +230,12 @@ func (s *fakeStream) Close() error {
 	return nil
 }
 
-// unpack does what containerd's unpacker does with an image's layers:
-// skip layers whose chain ID exists, Prepare with the CRI labels, and on
-// ErrAlreadyExists go on; else apply the layer and commit it.
+// unpack unpacks img, made of blobs, through sn as containerd's CRI
+// unpacker does.
 func unpack(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, img *testImage, blobs [][]byte) error {
 	t.Helper()
-	parent := ""
-	for i, chain := range img.chain {
-		if _, err := sn.Stat(ctx, chain); err == nil {
-			parent = chain
-			continue
-		}
-		key := fmt.Sprintf("extract-%d-%s", i, chain)
-		labels := map[string]string{
-			labelTargetRef:      chain,
-			labelImageRef:       img.ref,
-			labelManifestDigest: img.manifest,
-			labelLayerDigest:    img.layers[i],
-			labelImageLayers:    strings.Join(img.layers[i:], ","),
-		}
-		mounts, err := sn.Prepare(ctx, key, parent, snapshots.WithLabels(labels))
-		if errdefs.IsAlreadyExists(err) {
-			parent = chain
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
-		}
-		if err := mount.WithTempMount(ctx, mounts, func(root string) error {
-			return applyBlob(ctx, root, blobs[i])
-		}); err != nil {
-			return fmt.Errorf("apply layer %d: %w", i, err)
-		}
-		if err := sn.Commit(ctx, chain, key, snapshots.WithLabels(map[string]string{labelTargetRef: chain})); err != nil {
-			return fmt.Errorf("commit layer %d: %w", i, err)
-		}
-		parent = chain
-	}
-	return nil
+	_, err := testutil.Unpack(ctx, sn, testutil.UnpackImage{Ref: img.ref, Manifest: img.manifest, Layers: img.layers, Chain: img.chain, Blobs: blobs})
+	return err
 }
 
 // rootfsOf mounts a snapshot's mounts and returns its tree; write, if not
@@ -343,20 +262,9 @@ func rootfsOf(t *testing.T, ctx context.Context, mounts []mount.Mount, write fun
 }
 
 // snapshotRoot is a snapshotter root that is cleaned up even when a test
-// fails half-way: lazy unmounts, loop devices detached.
+// fails half-way: mounts, loop devices and processes under it go.
 func snapshotRoot(t *testing.T) string {
 	root := tempDir(t)
-	t.Cleanup(func() {
-		points, _ := mountsUnder(root)
-		for i := len(points) - 1; i >= 0; i-- {
-			unix.Unmount(points[i], unix.MNT_DETACH)
-		}
-		out, _ := exec.Command("losetup", "-a").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			if dev, _, ok := strings.Cut(line, ":"); ok && strings.Contains(line, root) {
-				exec.Command("losetup", "-d", dev).Run()
-			}
-		}
-	})
+	t.Cleanup(func() { leakcheck.Sweep(root) })
 	return root
 }

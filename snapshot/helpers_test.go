@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // requireRoot skips tests that mount.
@@ -19,23 +21,6 @@ func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: mounts overlayfs, ext4, FUSE and loop devices")
-	}
-}
-
-// requirePortable skips when the host lacks FUSE or loop devices; missing
-// tools are a failure (scripts/install-deps.sh installs them).
-func requirePortable(t *testing.T) {
-	t.Helper()
-	requireRoot(t)
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, bin := range []string{"nbdkit", "nbdfuse", "losetup", "mke2fs"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not found (scripts/install-deps.sh installs it): %v", bin, err)
-		}
 	}
 }
 
@@ -136,39 +121,18 @@ func (k *nbdkit) stop() {
 	}
 }
 
-// leaks lists mounts, loop devices and nbdfuse processes that refer to
-// dir: what a test must not leave behind.
+// leaks lists mounts, loop devices and processes (nbdfuse, nbdkit) that
+// refer to dir: what a test must not leave behind.
 func leaks(t *testing.T, dir string) []string {
 	t.Helper()
-	var found []string
-	points, err := mountsUnder(dir)
+	found, err := leakcheck.Find(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range points {
-		found = append(found, "mount "+p)
+	if found.Empty() {
+		return nil
 	}
-	out, err := exec.Command("losetup", "-a").CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup -a: %v: %s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, dir) {
-			found = append(found, "loop "+line)
-		}
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if name := filepath.Base(args[0]); (name == "nbdfuse" || name == "nbdkit") && strings.Contains(string(b), dir) {
-			found = append(found, "process "+filepath.Base(filepath.Dir(p))+": "+strings.Join(args, " "))
-		}
-	}
-	return found
+	return strings.Split(found.String(), "\n")
 }
 
 func assertNoLeaks(t *testing.T, dir string) {

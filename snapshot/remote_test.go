@@ -13,12 +13,14 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // The layers of the test images: a base, a middle layer shared by A and B
 // (replacing, deleting and hiding base files), and a top layer each.
 var (
-	baseLayer = layerSpec{
+	baseLayer = testutil.LayerSpec{
 		"etc/os-release":    "base\n",
 		"bin/sh":            "sh\n",
 		"usr/share/doc/a":   "a\n",
@@ -28,15 +30,15 @@ var (
 		"root/.profile":     "profile\n",
 		"usr/lib/os-layers": "base\n",
 	}
-	middleLayer = layerSpec{
+	middleLayer = testutil.LayerSpec{
 		"etc/os-release":  "middle\n",
-		"usr/share/doc/a": whiteout,
-		"var/lib/x/":      opaque,
+		"usr/share/doc/a": testutil.Whiteout,
+		"var/lib/x/":      testutil.Opaque,
 		"var/lib/x/new":   "new\n",
 		"opt/mid":         "mid\n",
 	}
-	topA = layerSpec{"app/a": "A\n", "bin/sh": whiteout}
-	topB = layerSpec{"app/b": "B\n", "opt/mid": "B replaced mid\n"}
+	topA = testutil.LayerSpec{"app/a": "A\n", "bin/sh": testutil.Whiteout}
+	topB = testutil.LayerSpec{"app/b": "B\n", "opt/mid": "B replaced mid\n"}
 )
 
 type fixture struct {
@@ -51,11 +53,11 @@ type fixture struct {
 
 func newFixture(t *testing.T, opts ...Opt) *fixture {
 	t.Helper()
-	requirePortable(t)
+	testutil.RequirePortable(t, "mke2fs")
 	f := &fixture{ctx: testContext(t), root: snapshotRoot(t), src: newFakeSource(t)}
-	base, mid := layerBlob(t, baseLayer), layerBlob(t, middleLayer)
-	f.blobsA = [][]byte{base, mid, layerBlob(t, topA)}
-	f.blobsB = [][]byte{base, mid, layerBlob(t, topB)}
+	base, mid := testutil.LayerBlob(t, baseLayer), testutil.LayerBlob(t, middleLayer)
+	f.blobsA = [][]byte{base, mid, testutil.LayerBlob(t, topA)}
+	f.blobsB = [][]byte{base, mid, testutil.LayerBlob(t, topB)}
 	f.a = newTestImage(t, "registry.test/a:1", f.blobsA, true)
 	f.b = newTestImage(t, "registry.test/b:1", f.blobsB, false)
 	f.src.add(f.a, f.blobsA)
@@ -77,31 +79,7 @@ func (f *fixture) open(t *testing.T, src Source, opts ...Opt) *Snapshotter {
 // garbage collector does, and closes the snapshotter.
 func (f *fixture) removeAll(t *testing.T) {
 	t.Helper()
-	for {
-		var leaves []string
-		parents := map[string]bool{}
-		var all []string
-		if err := f.sn.Walk(f.ctx, func(_ context.Context, info snapshots.Info) error {
-			all = append(all, info.Name)
-			parents[info.Parent] = true
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if len(all) == 0 {
-			break
-		}
-		for _, name := range all {
-			if !parents[name] {
-				leaves = append(leaves, name)
-			}
-		}
-		for _, name := range leaves {
-			if err := f.sn.Remove(f.ctx, name); err != nil {
-				t.Fatalf("remove %s: %v", name, err)
-			}
-		}
-	}
+	testutil.RemoveAll(t, f.ctx, f.sn)
 	if err := f.sn.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +316,7 @@ func TestRemoteMaterializeRejectsWrongBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.src.mu.Lock()
-	f.src.blobs[f.a.layers[0]] = layerBlob(t, layerSpec{"evil": "x"})
+	f.src.blobs[f.a.layers[0]] = testutil.LayerBlob(t, testutil.LayerSpec{"evil": "x"})
 	f.src.mu.Unlock()
 	_, err := f.sn.Prepare(f.ctx, "container", f.a.chain[1])
 	if err == nil || !strings.Contains(err.Error(), "does not match digest") {

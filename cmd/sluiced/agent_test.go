@@ -9,12 +9,14 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // The test image: a base layer and an app layer that replaces and deletes
 // base files; big is large enough to span several chunks.
 var (
-	baseLayer = layerSpec{
+	baseLayer = testutil.LayerSpec{
 		"etc/":           "",
 		"etc/os-release": "base\n",
 		"bin/":           "",
@@ -24,14 +26,14 @@ var (
 		"usr/share/big":  strings.Repeat("0123456789abcdef", 64<<10), // 1 MiB
 		"usr/share/old":  "old\n",
 	}
-	appLayer = layerSpec{
+	appLayer = testutil.LayerSpec{
 		"etc/":           "",
 		"etc/os-release": "app\n",
 		"app/":           "",
 		"app/run":        "run\n",
 		"usr/":           "",
 		"usr/share/":     "",
-		"usr/share/old":  whiteout,
+		"usr/share/old":  testutil.Whiteout,
 	}
 )
 
@@ -42,7 +44,7 @@ func testContext() context.Context { return context.Background() }
 // a container snapshot on top mounts the image's files, and /metrics shows
 // the bytes its reads fetched. Removing the snapshots closes the export.
 func TestAgentStreamsConvertedImage(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
@@ -87,7 +89,7 @@ func TestAgentStreamsConvertedImage(t *testing.T) {
 	}
 	fetched := a.metric(t, `sluice_fetched_bytes_total`)
 
-	removeAll(t, ctx, sn)
+	testutil.RemoveAll(t, ctx, sn)
 	if got := a.metric(t, `sluice_exports`); got != 0 {
 		t.Errorf("exports = %v after every snapshot is gone", got)
 	}
@@ -103,7 +105,7 @@ func TestAgentStreamsConvertedImage(t *testing.T) {
 // TestAgentFallsBackForUnconvertedImage: an image without an artifact is
 // unpacked the ordinary way, and /metrics counts why.
 func TestAgentFallsBackForUnconvertedImage(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "plain:v1", nil, baseLayer, appLayer)
@@ -133,7 +135,7 @@ func TestAgentFallsBackForUnconvertedImage(t *testing.T) {
 // image whose artifact index is corrupt and an image whose registry is down
 // fail their pull with an error naming the image and the reason.
 func TestAgentPolicyRequire(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	plain := pushImage(t, reg, "plain:v1", nil, baseLayer)
@@ -176,7 +178,7 @@ func TestAgentPolicyRequire(t *testing.T) {
 // and a registry that is down are logged with a clear reason and counted,
 // and the image is unpacked the ordinary way (where it can be).
 func TestAgentBadArtifactsFallBack(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	corrupt := pushImage(t, reg, "corrupt:v1", nil, baseLayer, appLayer)
@@ -212,7 +214,7 @@ func TestAgentBadArtifactsFallBack(t *testing.T) {
 // TestAgentHealthz: ok while serving; the kernel attacher is refused
 // clearly; the attacher choice is logged with its reason.
 func TestAgentHealthz(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	a := mustStartAgent(t, tempDir(t), nil)
 	resp, err := http.Get("http://" + a.metricsAddr + "/healthz")
 	if err != nil {
@@ -238,7 +240,7 @@ func TestAgentHealthz(t *testing.T) {
 // TestAgentSockets: a socket a dead agent left is removed; a live agent's
 // socket makes a second agent refuse to start.
 func TestAgentSockets(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	dir := tempDir(t)
 	stale := filepath.Join(dir, "snap.sock")
 	l, err := listenUnix(stale)
@@ -268,12 +270,12 @@ func TestAgentSockets(t *testing.T) {
 // (FetchLayer) to fill the placeholder, and the second image's rootfs is
 // whole.
 func TestAgentSharedBaseMaterialized(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	streamed := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
 	convert(t, streamed)
-	other := pushImage(t, reg, "other:v1", nil, baseLayer, layerSpec{"other/": "", "other/file": "other\n"})
+	other := pushImage(t, reg, "other:v1", nil, baseLayer, testutil.LayerSpec{"other/": "", "other/file": "other\n"})
 	if streamed.chain[0] != other.chain[0] {
 		t.Fatal("the images do not share their base layer")
 	}
@@ -293,7 +295,7 @@ func TestAgentSharedBaseMaterialized(t *testing.T) {
 	if got := a.metric(t, `sluice_materializations_total`); got != 1 {
 		t.Errorf("materializations_total = %v, want 1", got)
 	}
-	removeAll(t, ctx, sn)
+	testutil.RemoveAll(t, ctx, sn)
 	if err := a.close(); err != nil {
 		t.Fatal(err)
 	}

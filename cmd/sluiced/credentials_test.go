@@ -8,13 +8,15 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestAgentCredentialsFile streams an image from a registry that wants
 // basic authentication, with the node credentials file, and never logs
 // the secret.
 func TestAgentCredentialsFile(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	const user, pass = "node", "s3cret-Pa55"
 	reg := newTestRegistry(t, basicAuth(user, pass))
@@ -58,7 +60,7 @@ func TestAgentCredentialsFile(t *testing.T) {
 	if got := a.metric(t, `sluice_fetched_bytes_total`); got <= 0 {
 		t.Errorf("fetched_bytes_total = %v", got)
 	}
-	removeAll(t, ctx, sn)
+	testutil.RemoveAll(t, ctx, sn)
 	if err := a.close(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,9 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -23,8 +19,6 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
-	"github.com/containerd/containerd/v2/pkg/archive"
-	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -37,44 +31,16 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sluice-project/sluice/imageconv"
 	"github.com/sluice-project/sluice/test/testutil"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
-
-// Labels containerd's CRI unpack passes (snapshot/labels.go reads them).
-const (
-	labelTargetRef      = "containerd.io/snapshot.ref"
-	labelImageRef       = "containerd.io/snapshot/cri.image-ref"
-	labelManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
-	labelLayerDigest    = "containerd.io/snapshot/cri.layer-digest"
-	labelImageLayers    = "containerd.io/snapshot/cri.image-layers"
-)
-
-// requirePortable skips tests that mount when the host cannot; missing
-// tools are a failure (scripts/install-deps.sh installs them).
-func requirePortable(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts ext4, overlayfs, FUSE and loop devices")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, bin := range []string{"nbdkit", "nbdfuse", "losetup"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not found (scripts/install-deps.sh installs it): %v", bin, err)
-		}
-	}
-}
 
 // tempDir is a short directory under /tmp (unix socket paths are short),
-// cleaned up with whatever is still mounted under it.
+// cleaned up with whatever is still mounted, attached or running under it.
 func tempDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "sluiced-")
@@ -82,63 +48,29 @@ func tempDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		points := mountsUnder(dir)
-		for i := len(points) - 1; i >= 0; i-- {
-			unix.Unmount(points[i], unix.MNT_DETACH)
-		}
-		out, _ := exec.Command("losetup", "-a").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			if dev, _, ok := strings.Cut(line, ":"); ok && strings.Contains(line, dir) {
-				exec.Command("losetup", "-d", dev).Run()
-			}
-		}
+		leakcheck.Sweep(dir)
 		os.RemoveAll(dir)
 	})
 	return dir
 }
 
-// mountsUnder lists mount points under dir, outermost first.
-func mountsUnder(dir string) []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			points = append(points, f[4])
-		}
-	}
-	sort.Strings(points)
-	return points
-}
-
-// assertNoLeaks fails if mounts, loop devices or nbdfuse/nbdkit processes
-// referring to dir remain (processes get a few seconds to exit).
+// assertNoLeaks fails if mounts, loop devices or processes (nbdfuse,
+// nbdkit) referring to dir remain (processes get a few seconds to exit).
 func assertNoLeaks(t *testing.T, dir string) {
 	t.Helper()
-	var left []string
+	var left leakcheck.Leaks
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		left = mountsUnder(dir)
-		out, _ := exec.Command("losetup", "-a").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, dir) {
-				left = append(left, "loop "+line)
-			}
+		var err error
+		if left, err = leakcheck.Find(dir); err != nil {
+			t.Fatal(err)
 		}
-		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-		for _, p := range procs {
-			b, _ := os.ReadFile(p)
-			args := strings.Split(string(b), "\x00")
-			if n := filepath.Base(args[0]); (n == "nbdfuse" || n == "nbdkit") && strings.Contains(string(b), dir) {
-				left = append(left, "process "+strings.Join(args, " "))
-			}
-		}
-		if len(left) == 0 || time.Now().After(deadline) {
+		if left.Empty() || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, l := range left {
-		t.Errorf("left behind: %s", l)
+	if !left.Empty() {
+		t.Errorf("left behind:\n%s", left)
 	}
 }
 
@@ -193,57 +125,14 @@ type testImage struct {
 	files    map[string]string // expected rootfs content of regular files
 }
 
-// layerSpec: path -> content; a path ending in "/" is a directory, the
-// content "\x00whiteout" deletes the path.
-type layerSpec map[string]string
-
-const whiteout = "\x00whiteout"
-
-func layerBlob(t *testing.T, spec layerSpec) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	names := make([]string, 0, len(spec))
-	for n := range spec {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	mtime := time.Unix(1700000000, 0)
-	for _, n := range names {
-		content := spec[n]
-		hdr := tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content)), ModTime: mtime}
-		switch {
-		case content == whiteout:
-			dir, base := filepath.Split(n)
-			hdr = tar.Header{Name: dir + ".wh." + base, Typeflag: tar.TypeReg, Mode: 0o644, ModTime: mtime}
-		case strings.HasSuffix(n, "/"):
-			hdr = tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime}
-		}
-		if err := tw.WriteHeader(&hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Size > 0 {
-			io.WriteString(tw, content)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 // pushImage pushes an image of the layers to reg as repo:tag.
-func pushImage(t *testing.T, reg *testRegistry, repoTag string, keychain authn.Keychain, specs ...layerSpec) *testImage {
+func pushImage(t *testing.T, reg *testRegistry, repoTag string, keychain authn.Keychain, specs ...testutil.LayerSpec) *testImage {
 	t.Helper()
 	img := &testImage{ref: reg.host + "/" + repoTag, files: map[string]string{}}
 	var layers []v1.Layer
 	var diffIDs []digest.Digest
 	for _, spec := range specs {
-		b := layerBlob(t, spec)
+		b := testutil.LayerBlob(t, spec)
 		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
 		if err != nil {
 			t.Fatal(err)
@@ -256,7 +145,7 @@ func pushImage(t *testing.T, reg *testRegistry, repoTag string, keychain authn.K
 		layers = append(layers, l)
 		for p, c := range spec {
 			switch {
-			case c == whiteout:
+			case c == testutil.Whiteout:
 				delete(img.files, p)
 			case !strings.HasSuffix(p, "/"):
 				img.files[p] = c
@@ -443,55 +332,20 @@ func (a *testAgent) metric(t *testing.T, sample string) float64 {
 	return -1
 }
 
-// unpack does what containerd's unpacker does with an image's layers under
-// CRI: skip layers whose chain ID exists, Prepare with the CRI labels, on
-// ErrAlreadyExists go on, else apply the layer and commit it. It returns
-// how many layers were applied (downloaded).
+// unpack unpacks img through sn as containerd's CRI unpacker does; it
+// returns how many layers were applied (downloaded).
 func unpack(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, img *testImage) (applied int, err error) {
 	t.Helper()
-	parent := ""
-	for i, chain := range img.chain {
-		if _, err := sn.Stat(ctx, chain); err == nil {
-			parent = chain
-			continue
-		}
-		key := fmt.Sprintf("extract-%d-%s", i, chain)
-		mounts, err := sn.Prepare(ctx, key, parent, withUnpackLabels(img, i))
-		if errdefs.IsAlreadyExists(err) {
-			parent = chain
-			continue
-		}
-		if err != nil {
-			return applied, fmt.Errorf("layer %d: %w", i, err)
-		}
-		if err := mount.WithTempMount(ctx, mounts, func(root string) error {
-			gz, err := gzip.NewReader(bytes.NewReader(img.blobs[i]))
-			if err != nil {
-				return err
-			}
-			_, err = archive.Apply(ctx, root, gz)
-			return err
-		}); err != nil {
-			return applied, fmt.Errorf("apply layer %d: %w", i, err)
-		}
-		if err := sn.Commit(ctx, chain, key, snapshots.WithLabels(map[string]string{labelTargetRef: chain})); err != nil {
-			return applied, fmt.Errorf("commit layer %d: %w", i, err)
-		}
-		applied++
-		parent = chain
-	}
-	return applied, nil
+	return testutil.Unpack(ctx, sn, img.unpackImage())
 }
 
 // withUnpackLabels gives layer i's Prepare the labels a CRI unpack sets.
 func withUnpackLabels(img *testImage, i int) snapshots.Opt {
-	return snapshots.WithLabels(map[string]string{
-		labelTargetRef:      img.chain[i],
-		labelImageRef:       img.ref,
-		labelManifestDigest: img.manifest,
-		labelLayerDigest:    img.layers[i],
-		labelImageLayers:    strings.Join(img.layers[i:], ","),
-	})
+	return snapshots.WithLabels(img.unpackImage().Labels(i))
+}
+
+func (img *testImage) unpackImage() testutil.UnpackImage {
+	return testutil.UnpackImage{Ref: img.ref, Manifest: img.manifest, Layers: img.layers, Chain: img.chain, Blobs: img.blobs}
 }
 
 // checkRootfs mounts a container snapshot and compares its regular files
@@ -543,33 +397,6 @@ func checkRootfs(t *testing.T, ctx context.Context, mounts []mount.Mount, want m
 	}
 	if err := os.WriteFile(filepath.Join(target, "written-by-container"), []byte("x"), 0o644); err != nil {
 		t.Errorf("writing in the container's rootfs: %v", err)
-	}
-}
-
-// removeAll removes every snapshot, children first, as containerd's
-// garbage collector does.
-func removeAll(t *testing.T, ctx context.Context, sn snapshots.Snapshotter) {
-	t.Helper()
-	for {
-		parents := map[string]bool{}
-		var all []string
-		if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-			all = append(all, info.Name)
-			parents[info.Parent] = true
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if len(all) == 0 {
-			return
-		}
-		for _, n := range all {
-			if !parents[n] {
-				if err := sn.Remove(ctx, n); err != nil {
-					t.Fatalf("remove %s: %v", n, err)
-				}
-			}
-		}
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 var (
@@ -121,7 +123,7 @@ func TestBinaryHelpAndConfig(t *testing.T) {
 // TestBinaryRunsAndStops runs the built agent: /healthz answers, SIGTERM
 // stops it cleanly (exit 0) and its sockets go.
 func TestBinaryRunsAndStops(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	dir := tempDir(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,13 +9,15 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestAgentRestartKeepsMounts: the agent stops while a container's rootfs
 // is mounted; the image mount stays, the next agent adopts it (same export
 // name, the artifact digest), and reads of blocks never read before go on.
 func TestAgentRestartKeepsMounts(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
@@ -22,22 +25,7 @@ func TestAgentRestartKeepsMounts(t *testing.T) {
 	dir := tempDir(t)
 	edit := func(c *Config) { c.PlainHTTP = []string{reg.host} }
 	a := mustStartAgent(t, dir, edit)
-	sn := a.client(t)
-	if _, err := unpack(t, ctx, sn, img); err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := sn.Prepare(ctx, "container", img.chain[len(img.chain)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.All(mounts, rootfs); err != nil {
-		t.Fatal(err)
-	}
-	defer mount.UnmountAll(rootfs, 0)
+	rootfs := mountContainer(t, ctx, a, img)
 	if b, err := os.ReadFile(filepath.Join(rootfs, "app/run")); err != nil || string(b) != "run\n" {
 		t.Fatalf("app/run before the restart: %q, %v", b, err)
 	}
@@ -59,7 +47,7 @@ func TestAgentRestartKeepsMounts(t *testing.T) {
 	if err := mount.UnmountAll(rootfs, 0); err != nil {
 		t.Fatal(err)
 	}
-	removeAll(t, ctx, b.client(t))
+	testutil.RemoveAll(t, ctx, b.client(t))
 	if err := b.close(); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +59,7 @@ func TestAgentRestartKeepsMounts(t *testing.T) {
 // artifact it remembered: the container reads on. Once the image is no
 // longer used the memo goes.
 func TestAgentRestartWithRegistryDown(t *testing.T) {
-	requirePortable(t)
+	testutil.RequirePortable(t)
 	ctx := testContext()
 	reg := newTestRegistry(t, nil)
 	img := pushImage(t, reg, "app:v1", nil, baseLayer, appLayer)
@@ -82,22 +70,7 @@ func TestAgentRestartWithRegistryDown(t *testing.T) {
 		c.Cache.BackgroundRate = "64MiB" // the whole image is cached soon
 	}
 	a := mustStartAgent(t, dir, edit)
-	sn := a.client(t)
-	if _, err := unpack(t, ctx, sn, img); err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := sn.Prepare(ctx, "container", img.chain[len(img.chain)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.All(mounts, rootfs); err != nil {
-		t.Fatal(err)
-	}
-	defer mount.UnmountAll(rootfs, 0)
+	rootfs := mountContainer(t, ctx, a, img)
 	percent := `sluice_image_percent_complete{artifact="` + artifact.String() + `",image="` + img.ref + `"}`
 	for deadline := time.Now().Add(time.Minute); a.metric(t, percent) < 100; {
 		if time.Now().After(deadline) {
@@ -125,7 +98,7 @@ func TestAgentRestartWithRegistryDown(t *testing.T) {
 	if err := mount.UnmountAll(rootfs, 0); err != nil {
 		t.Fatal(err)
 	}
-	removeAll(t, ctx, b.client(t))
+	testutil.RemoveAll(t, ctx, b.client(t))
 	if memos, _ := filepath.Glob(filepath.Join(dir, "root", "artifacts", "*")); len(memos) != 0 {
 		t.Errorf("artifact memos left after the image is gone: %v", memos)
 	}
@@ -133,4 +106,28 @@ func TestAgentRestartWithRegistryDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNoLeaks(t, dir)
+}
+
+// mountContainer unpacks img through agent a, prepares a container
+// snapshot on top and mounts it at rootfs under the agent's directory
+// (unmounted when the test ends, if the test has not done it).
+func mountContainer(t *testing.T, ctx context.Context, a *testAgent, img *testImage) (rootfs string) {
+	t.Helper()
+	sn := a.client(t)
+	if _, err := unpack(t, ctx, sn, img); err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := sn.Prepare(ctx, "container", img.chain[len(img.chain)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs = filepath.Join(a.dir, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := mount.All(mounts, rootfs); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.UnmountAll(rootfs, 0) })
+	return rootfs
 }

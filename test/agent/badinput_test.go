@@ -66,28 +66,15 @@ func TestTamperedArtifact(t *testing.T) {
 // is back, the same pull streams.
 func TestRegistryDown(t *testing.T) {
 	e := getEnv(t)
-	dir := t.TempDir()
-	reg, err := debregistry.Start(filepath.Join(dir, "registry"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Stop)
-	ti, err := describe(e.images[repoA].img, reg.Addr+"/down/a:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	storage := filepath.Join(t.TempDir(), "registry")
+	reg := startRegistry(t, storage)
+	ti := e.pushConverted(t, e.images[repoA], reg.Addr+"/down/a:v1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := push(ctx, ti); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := e.run(ctx, e.sluice, "convert", "--plain-http", ti.ref); err != nil {
-		t.Fatalf("sluice convert: %v\n%s", err, out)
-	}
 	n := newNode(t, e, nodeOpts{registries: []string{reg.Addr}, noSandbox: true})
 	reg.Stop()
 
-	_, err = n.containerd.Crictl(ctx, "pull", ti.ref)
+	_, err := n.containerd.Crictl(ctx, "pull", ti.ref)
 	if err == nil {
 		t.Fatal("crictl pull from a registry that is down succeeded")
 	}
@@ -104,11 +91,7 @@ func TestRegistryDown(t *testing.T) {
 	t.Logf("sluice pull: %s", strings.TrimSpace(out))
 
 	// Back where it was: the same pull now streams.
-	reg, err = debregistry.Start(filepath.Join(dir, "registry"), debregistry.WithAddr(reg.Addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Stop)
+	reg = startRegistry(t, storage, debregistry.WithAddr(reg.Addr))
 	if out, err := n.sluicePull("default", ti.ref); err != nil {
 		t.Fatalf("sluice pull once the registry is back: %v\n%s", err, out)
 	}

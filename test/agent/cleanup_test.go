@@ -8,10 +8,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"time"
 
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
+	"github.com/sluice-project/sluice/test/internal/containerdtest"
+
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // TestCleanup: once the containers, pods and images are removed through
@@ -61,22 +62,7 @@ func TestCleanup(t *testing.T) {
 		if err != nil {
 			t.Fatalf("containerd did not remove the snapshots: %s", n.ctr("k8s.io", "snapshots", "--snapshotter", "sluice", "ls"))
 		}
-		// Mounts and loop devices anywhere below the node (containerd's too),
-		// processes of sluiced's devices (not the daemons themselves).
-		var left leakcheck.Leaks
-		err = waitFor(30*time.Second, func() bool {
-			if left.Mounts, err = leakcheck.Mounts(n.dir); err != nil {
-				return false
-			}
-			if left.Loops, err = leakcheck.Loops(n.dir); err != nil {
-				return false
-			}
-			left.Procs = leakcheck.Procs(n.agent.root)
-			return left.Empty()
-		})
-		if err != nil {
-			t.Errorf("left after removing every container, pod and image:\n%s", left)
-		}
+		n.assertNothingLeft(30 * time.Second)
 		// The same, as an operator would look: /proc/mounts and losetup -a.
 		if b, err := os.ReadFile("/proc/mounts"); err != nil {
 			t.Error(err)

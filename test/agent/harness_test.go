@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -181,18 +182,8 @@ func (e *env) run(ctx context.Context, bin string, args ...string) ([]byte, erro
 	return exec.CommandContext(ctx, bin, args...).CombinedOutput()
 }
 
-// artifactManifest is the part of a sluice artifact manifest tamper needs.
-type artifactManifest struct {
-	SchemaVersion int               `json:"schemaVersion"`
-	MediaType     types.MediaType   `json:"mediaType"`
-	ArtifactType  string            `json:"artifactType"`
-	Config        v1.Descriptor     `json:"config"`
-	Layers        []v1.Descriptor   `json:"layers"`
-	Subject       *v1.Descriptor    `json:"subject,omitempty"`
-	Annotations   map[string]string `json:"annotations,omitempty"`
-}
-
-func (e *env) artifactManifest(ctx context.Context, repo string, d v1.Hash) (*artifactManifest, error) {
+// artifactManifest fetches and decodes an artifact manifest.
+func (e *env) artifactManifest(ctx context.Context, repo string, d v1.Hash) (*v1.Manifest, error) {
 	ref, err := name.ParseReference(e.registry.Addr+"/"+repo+"@"+d.String(), name.Insecure)
 	if err != nil {
 		return nil, err
@@ -201,17 +192,13 @@ func (e *env) artifactManifest(ctx context.Context, repo string, d v1.Hash) (*ar
 	if err != nil {
 		return nil, err
 	}
-	var m artifactManifest
-	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
-		return nil, err
-	}
-	return &m, nil
+	return v1.ParseManifest(bytes.NewReader(desc.Manifest))
 }
 
 // tamper gives the Tampered image a copy of A's artifact whose index blob
 // is cut short (a well-formed blob with the right digest, but no valid
 // index), pushed as go-containerregistry pushes any referrer.
-func (e *env) tamper(ctx context.Context, m *artifactManifest) error {
+func (e *env) tamper(ctx context.Context, m *v1.Manifest) error {
 	ti := e.images[repoTampered]
 	repo, err := name.NewRepository(e.registry.Addr+"/"+repoTampered, name.Insecure)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -240,6 +241,26 @@ func describe(img v1.Image, ref string) (*testImage, error) {
 		ti.layers = append(ti.layers, ld.String())
 	}
 	return ti, nil
+}
+
+// pushConverted pushes the image of ti again as ref (to a registry of the
+// test's own), with the same reference listing, and converts it there.
+func (e *env) pushConverted(t *testing.T, ti *testImage, ref string) *testImage {
+	t.Helper()
+	out, err := describe(ti.img, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.listing = ti.listing
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := push(ctx, out); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := e.run(ctx, e.sluice, "convert", "--plain-http", out.ref); err != nil {
+		t.Fatalf("sluice convert: %v\n%s", err, b)
+	}
+	return out
 }
 
 func push(ctx context.Context, ti *testImage) error {

@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
+	"github.com/sluice-project/sluice/test/internal/debregistry"
+	"github.com/sluice-project/sluice/test/internal/proc"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // nodeOpts says how to set a node up.
@@ -299,8 +301,7 @@ func (n *node) pull(image string) {
 
 // agentProc is a running sluiced.
 type agentProc struct {
-	cmd         *exec.Cmd
-	done        chan struct{}
+	proc        *proc.Proc // nil until started
 	config      string
 	logPath     string
 	socket      string // snapshotter gRPC
@@ -315,7 +316,7 @@ func (n *node) agentConfig(policy string) (*agentProc, error) {
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return nil, err
 	}
-	port, err := containerdtest.FreePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -361,15 +362,12 @@ func (a *agentProc) start(bin string) error {
 		return err
 	}
 	defer logFile.Close()
-	a.cmd = exec.Command(bin, "--config", a.config)
-	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := a.cmd.Start(); err != nil {
+	cmd := exec.Command(bin, "--config", a.config)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if a.proc, err = proc.Start(cmd); err != nil {
 		return err
 	}
-	a.done = make(chan struct{})
-	done := a.done
-	go func() { _ = a.cmd.Wait(); close(done) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if _, err := os.Stat(a.socket); err == nil {
@@ -381,8 +379,8 @@ func (a *agentProc) start(bin string) error {
 			}
 		}
 		select {
-		case <-done:
-			return fmt.Errorf("sluiced exited during startup (%v):\n%s", a.cmd.ProcessState, a.logTail(30))
+		case <-a.proc.Done():
+			return fmt.Errorf("sluiced exited during startup (%v):\n%s", cmd.ProcessState, a.logTail(30))
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -394,33 +392,18 @@ func (a *agentProc) start(bin string) error {
 // stop sends SIGTERM (by PID) and waits; SIGKILL after 30 s fails the test.
 // A data race in its log fails the test too.
 func (a *agentProc) stop(t *testing.T) {
-	if a.cmd == nil {
+	if a.proc == nil {
 		return
 	}
-	select {
-	case <-a.done:
-	default:
-		_ = a.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-a.done:
-		case <-time.After(30 * time.Second):
-			_ = a.cmd.Process.Kill()
-			<-a.done
-			t.Errorf("sluiced did not exit within 30 s of SIGTERM")
-		}
+	if !a.proc.Stop(30 * time.Second) {
+		t.Errorf("sluiced did not exit within 30 s of SIGTERM")
 	}
 	if log, err := os.ReadFile(a.logPath); err == nil && strings.Contains(string(log), "WARNING: DATA RACE") {
 		t.Errorf("sluiced reported a data race:\n%s", log)
 	}
 }
 
-func (a *agentProc) logTail(lines int) string {
-	b, err := os.ReadFile(a.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	return tail(string(b), lines)
-}
+func (a *agentProc) logTail(lines int) string { return proc.LogTail(a.logPath, lines) }
 
 func (a *agentProc) log() string {
 	b, _ := os.ReadFile(a.logPath)
@@ -514,6 +497,41 @@ func quoteAll(ss []string) []string {
 func tail(s string, lines int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(l[max(0, len(l)-lines):], "\n")
+}
+
+// assertNothingLeft waits up to d for no mount or loop device to be left
+// anywhere below the node (containerd's too) and no process of sluiced's
+// devices (not the daemons themselves), and fails the test with what is
+// still there when it gives up.
+func (n *node) assertNothingLeft(d time.Duration) {
+	n.t.Helper()
+	var left leakcheck.Leaks
+	var err error
+	err = waitFor(d, func() bool {
+		if left.Mounts, err = leakcheck.Mounts(n.dir); err != nil {
+			return false
+		}
+		if left.Loops, err = leakcheck.Loops(n.dir); err != nil {
+			return false
+		}
+		left.Procs = leakcheck.Procs(n.agent.root)
+		return left.Empty()
+	})
+	if err != nil {
+		n.t.Errorf("left after removing every container, pod and image:\n%s", left)
+	}
+}
+
+// startRegistry starts a docker-registry of the test's own, keeping its
+// blobs in storage, and stops it when the test ends.
+func startRegistry(t *testing.T, storage string, opts ...debregistry.Option) *debregistry.Registry {
+	t.Helper()
+	reg, err := debregistry.Start(storage, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Stop)
+	return reg
 }
 
 var errTimeout = errors.New("timed out")

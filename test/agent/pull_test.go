@@ -6,8 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"time"
+
+	"github.com/sluice-project/sluice/test/internal/containerdtest"
 )
 
 // sluicePull runs `sluice pull --plain-http` against the node's containerd

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // TestRelayDied: the documented limit of the portable attach. While sluiced
@@ -54,19 +54,5 @@ func TestRelayDied(t *testing.T) {
 	}
 	n.crictl("rmp", "-f", pod)
 	n.crictl("rmi", a.ref, sandboxRef)
-	var left leakcheck.Leaks
-	var err error
-	err = waitFor(60*time.Second, func() bool {
-		if left.Mounts, err = leakcheck.Mounts(n.dir); err != nil {
-			return false
-		}
-		if left.Loops, err = leakcheck.Loops(n.dir); err != nil {
-			return false
-		}
-		left.Procs = leakcheck.Procs(n.agent.root)
-		return left.Empty()
-	})
-	if err != nil {
-		t.Errorf("left after removing every container, pod and image:\n%s", left)
-	}
+	n.assertNothingLeft(60 * time.Second)
 }

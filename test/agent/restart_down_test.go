@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/sluice-project/sluice/test/internal/debregistry"
 )
 
 // TestRestartRegistryDown: once an image is fully in the cache, neither
@@ -17,26 +15,10 @@ import (
 // the image starts with the whole root filesystem.
 func TestRestartRegistryDown(t *testing.T) {
 	e := getEnv(t)
-	dir := t.TempDir()
-	reg, err := debregistry.Start(filepath.Join(dir, "registry"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Stop)
-	a := e.images[repoA]
-	ti, err := describe(a.img, reg.Addr+"/offline/a:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ti.listing = a.listing
+	reg := startRegistry(t, filepath.Join(t.TempDir(), "registry"))
+	ti := e.pushConverted(t, e.images[repoA], reg.Addr+"/offline/a:v1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := push(ctx, ti); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := e.run(ctx, e.sluice, "convert", "--plain-http", ti.ref); err != nil {
-		t.Fatalf("sluice convert: %v\n%s", err, out)
-	}
 	n := newNode(t, e, nodeOpts{registries: []string{reg.Addr}})
 	n.pull(ti.ref)
 	pod, podCfg := n.runPod("offline")

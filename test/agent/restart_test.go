@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
-	"github.com/sluice-project/sluice/test/internal/leakcheck"
+	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
 // TestRestart: sluiced is stopped (SIGTERM) or killed (SIGKILL) and
@@ -48,12 +48,12 @@ func testRestart(t *testing.T, e *env, ctrd containerdtest.Version, sig syscall.
 
 	if sig == syscall.SIGTERM {
 		n.agent.stop(t)
-		if code := n.agent.cmd.ProcessState.ExitCode(); code != 0 {
+		if code := n.agent.proc.Cmd.ProcessState.ExitCode(); code != 0 {
 			t.Errorf("sluiced exited with status %d on SIGTERM", code)
 		}
 	} else {
-		_ = n.agent.cmd.Process.Signal(sig)
-		<-n.agent.done
+		_ = n.agent.proc.Cmd.Process.Signal(sig)
+		<-n.agent.proc.Done()
 	}
 	if err := n.agent.start(e.sluiced); err != nil {
 		t.Fatal(err)

@@ -11,20 +11,16 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
-	"os/signal"
-	"syscall"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/sluice-project/sluice/bench/fio/internal/serve"
 )
 
 func main() {
@@ -38,36 +34,12 @@ func main() {
 }
 
 func run(listen, addrFile string) error {
-	l, err := net.Listen("tcp", listen)
+	l, err := serve.Listen(listen, addrFile)
 	if err != nil {
 		return err
 	}
-	if addrFile != "" {
-		tmp := addrFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(l.Addr().String()+"\n"), 0o644); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, addrFile); err != nil {
-			return err
-		}
-	}
 	fmt.Fprintf(os.Stderr, "memregistry: serving on %s\n", l.Addr())
-	srv := &http.Server{Handler: newHandler(), ReadHeaderTimeout: 30 * time.Second}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	return nil
+	return serve.UntilSignal(l, newHandler())
 }
 
 // newHandler is the registry: blobs in memory, referrers API on, request

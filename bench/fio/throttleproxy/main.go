@@ -14,19 +14,17 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
+
+	"github.com/sluice-project/sluice/bench/fio/internal/serve"
 )
 
 func main() {
@@ -60,34 +58,14 @@ func run(listen, upstream string, rtt time.Duration, bandwidth, addrFile string)
 	}
 
 	p := newProxy(up, rtt, newPacer(bw))
-	l, err := net.Listen("tcp", listen)
+	l, err := serve.Listen(listen, addrFile)
 	if err != nil {
 		return err
 	}
-	if addrFile != "" {
-		tmp := addrFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(l.Addr().String()+"\n"), 0o644); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, addrFile); err != nil {
-			return err
-		}
-	}
 	fmt.Fprintf(os.Stderr, "throttleproxy: %s -> %s, rtt %s, bandwidth %s/s\n", l.Addr(), up, rtt, bandwidth)
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	srv := &http.Server{Handler: p, ReadHeaderTimeout: 30 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	select {
-	case err := <-errc:
+	if err := serve.UntilSignal(l, p); err != nil {
 		return err
-	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
 	return json.NewEncoder(os.Stdout).Encode(p.stats.snapshot())
 }
 

@@ -20,7 +20,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +28,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluice-project/sluice/test/internal/proc"
 )
 
 // Version is a containerd release line the harness can run.
@@ -87,9 +88,8 @@ type Containerd struct {
 	Address string
 	cfg     Config
 	bin     binaries
-	cmd     *exec.Cmd
+	proc    *proc.Proc
 	log     string
-	done    chan struct{}
 }
 
 // Binary is containerd's command (Debian's containerd package).
@@ -207,7 +207,6 @@ func Start(ctx context.Context, cfg Config) (*Containerd, error) {
 		cfg:     cfg,
 		bin:     bin,
 		log:     filepath.Join(cfg.Dir, "containerd.log"),
-		done:    make(chan struct{}),
 	}
 	switch {
 	case cfg.ConfigVersion == 3 && cfg.Version == V1:
@@ -231,18 +230,17 @@ func Start(ctx context.Context, cfg Config) (*Containerd, error) {
 		return nil, err
 	}
 	defer logFile.Close()
-	c.cmd = exec.Command(bin.containerd, "--config", cfgPath)
+	cmd := exec.Command(bin.containerd, "--config", cfgPath)
 	// containerd finds the shim of runtime io.containerd.runc.v2 by PATH:
 	// its own version's shim first (Debian's 1.6 shim is in /usr/bin).
-	c.cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin.shim)+string(os.PathListSeparator)+os.Getenv("PATH"))
-	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin.shim)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own process group: a ^C meant for go test reaches it through
 	// the test's cleanup, in order, not all at once.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if c.proc, err = proc.Start(cmd); err != nil {
 		return nil, err
 	}
-	go func() { _ = c.cmd.Wait(); close(c.done) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		// Ready when ctr can talk to it (the socket alone appears early).
@@ -254,7 +252,7 @@ func Start(ctx context.Context, cfg Config) (*Containerd, error) {
 			return c, nil
 		}
 		select {
-		case <-c.done:
+		case <-c.proc.Done():
 			return nil, fmt.Errorf("containerd exited during startup: %s", c.LogTail(30))
 		case <-ctx.Done():
 			c.Stop()
@@ -414,40 +412,13 @@ func (c *Containerd) Version() Version { return c.cfg.Version }
 // Stop asks containerd to exit (SIGTERM, by PID) and waits for it. Shims
 // of containers still running outlive it: remove them first, or kill
 // Shims().
-func (c *Containerd) Stop() {
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(20 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
-	}
-}
+func (c *Containerd) Stop() { c.proc.Stop(20 * time.Second) }
 
 // Running reports whether the containerd process is alive.
-func (c *Containerd) Running() bool {
-	select {
-	case <-c.done:
-		return false
-	default:
-		return true
-	}
-}
+func (c *Containerd) Running() bool { return c.proc.Running() }
 
 // LogTail returns the last n lines of containerd's log.
-func (c *Containerd) LogTail(n int) string {
-	b, err := os.ReadFile(c.log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
+func (c *Containerd) LogTail(n int) string { return proc.LogTail(c.log, n) }
 
 // Log returns containerd's whole log.
 func (c *Containerd) Log() string {
@@ -559,18 +530,4 @@ func run(ctx context.Context, bin string, args ...string) ([]byte, error) {
 		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, msg)
 	}
 	return stdout.Bytes(), nil
-}
-
-// FreePort returns a free TCP port on 127.0.0.1.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	a, ok := l.Addr().(*net.TCPAddr)
-	if !ok {
-		return 0, errors.New("not a TCP address")
-	}
-	return a.Port, nil
 }

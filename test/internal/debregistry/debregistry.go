@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,8 +16,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/sluice-project/sluice/test/internal/proc"
 )
 
 // Binary is the registry's command, from Debian's docker-registry package.
@@ -30,10 +30,9 @@ type Registry struct {
 	Addr string
 	// Storage is the root directory of its filesystem storage.
 	Storage string
-	cmd     *exec.Cmd
+	proc    *proc.Proc
 	log     string
 	access  string // the access log; "" without WithAccessLog
-	done    chan struct{}
 }
 
 type options struct {
@@ -64,7 +63,7 @@ func Start(dir string, opts ...Option) (*Registry, error) {
 	}
 	addr := o.addr
 	if addr == "" {
-		port, err := freePort()
+		port, err := proc.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -99,7 +98,7 @@ http:
 	defer logFile.Close()
 	cmd := exec.Command(Binary, "serve", cfgPath)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	r := &Registry{Addr: addr, Storage: storage, cmd: cmd, log: logPath, done: make(chan struct{})}
+	r := &Registry{Addr: addr, Storage: storage, log: logPath}
 	if o.accessLog {
 		// distribution writes its access log (combined log format) to
 		// stdout and its other logs to stderr.
@@ -111,10 +110,9 @@ http:
 		defer accessFile.Close()
 		cmd.Stdout = accessFile
 	}
-	if err := cmd.Start(); err != nil {
+	if r.proc, err = proc.Start(cmd); err != nil {
 		return nil, err
 	}
-	go func() { _ = cmd.Wait(); close(r.done) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get("http://" + addr + "/v2/")
@@ -125,7 +123,7 @@ http:
 			}
 		}
 		select {
-		case <-r.done:
+		case <-r.proc.Done():
 			return nil, fmt.Errorf("docker-registry exited during startup: %s", r.LogTail())
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -137,30 +135,10 @@ http:
 }
 
 // Stop ends the registry process (by its PID) and waits for it.
-func (r *Registry) Stop() {
-	select {
-	case <-r.done:
-		return
-	default:
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		_ = r.cmd.Process.Kill()
-		<-r.done
-	}
-}
+func (r *Registry) Stop() { r.proc.Stop(10 * time.Second) }
 
 // LogTail returns the end of the registry's log.
-func (r *Registry) LogTail() string {
-	b, err := os.ReadFile(r.log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return strings.Join(lines[max(0, len(lines)-20):], "\n")
-}
+func (r *Registry) LogTail() string { return proc.LogTail(r.log, 20) }
 
 // Request is one request of the access log.
 type Request struct {
@@ -215,17 +193,4 @@ func (r *Registry) Requests(from int) ([]Request, error) {
 		return nil, err
 	}
 	return out[min(from, len(out)):], nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	a, ok := l.Addr().(*net.TCPAddr)
-	if !ok {
-		return 0, errors.New("not a TCP address")
-	}
-	return a.Port, nil
 }

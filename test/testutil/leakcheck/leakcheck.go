@@ -1,9 +1,9 @@
-// Package leakcheck finds, and removes, what end-to-end tests leave on the
-// host under a directory of theirs: mounts (from /proc/self/mountinfo), loop
-// devices (from the kernel's loop backing files) and processes (from
-// /proc/PID/cmdline). Everything is matched by path, so it only ever sees
-// what a test's own processes made under its own temp dir, never another
-// test's or another user's.
+// Package leakcheck finds, and removes, what tests (end-to-end ones, and
+// unit tests that mount) leave on the host under a directory of theirs:
+// mounts (from /proc/self/mountinfo), loop devices (from the kernel's loop
+// backing files) and processes (from /proc/PID/cmdline). Everything is
+// matched by path, so it only ever sees what a test's own processes made
+// under its own temp dir, never another test's or another user's.
 package leakcheck
 
 import (
