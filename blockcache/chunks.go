@@ -106,7 +106,7 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 		if err != nil {
 			return nil, misses, err
 		}
-		l.launch(groups, fg)
+		l.launch(groups)
 		var again []int
 		for _, k := range need {
 			c := calls[l.ix.Chunks[idxs[k]].Digest]
@@ -183,24 +183,15 @@ func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]
 	return calls, groups, nil
 }
 
-// launch runs fetch groups. A foreground read fetches its first group
-// itself rather than handing it to a goroutine and waiting: one wake-up
-// fewer between the last byte arriving and the read being answered. Its
-// chunk files are still written afterwards, in the background.
-func (l *loader) launch(groups []*fetchGroup, fg bool) {
-	if len(groups) == 0 {
-		return
-	}
-	first := 0
-	if fg {
-		first = 1
-	}
-	for _, g := range groups[first:] {
+// launch runs fetch groups, each on a goroutine of its own. The reader
+// that started them waits for its chunks with its own deadline (load):
+// fetches use the loader's context and outlive a reader that gave up, for
+// the readers that joined them. (Fetching the first group on the reader's
+// goroutine saves a wake-up but holds the reader past its deadline while
+// the fetch retries: TestRegistryFaults' late joiner caught that.)
+func (l *loader) launch(groups []*fetchGroup) {
+	for _, g := range groups {
 		go l.run(g)
-	}
-	if fg {
-		l.fetchGroup(groups[0])
-		go l.storeGroup(groups[0])
 	}
 }
 

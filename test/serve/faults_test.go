@@ -192,9 +192,16 @@ func TestRegistryFaults(t *testing.T) {
 			if r.Errno != 0 || r.Sum != e.refSum(off, n) {
 				t.Errorf("chunk %d with right answers again: errno %d (%s), right bytes %v", i, r.Errno, r.Message, r.Sum == e.refSum(off, n))
 			}
-			cache := scanCache(t, srv.cacheDir)
+			// The reader is answered once the chunk is verified; its file
+			// is written right after, so wait for it.
+			var cache cacheScan
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if cache = scanCache(t, srv.cacheDir); cache.chunks[digest] || time.Now().After(deadline) {
+					break
+				}
+			}
 			if !cache.chunks[digest] {
-				t.Errorf("chunk %d not cached after a good read", i)
+				t.Errorf("chunk %d not cached within 10 s of a good read", i)
 			}
 			for _, b := range cache.bad {
 				t.Errorf("cache file %s does not match its name", b)
