@@ -313,22 +313,27 @@ func (t *transmission) startRead(ctx context.Context, req protocol.TransmissionR
 // held until ReadAt returns, even when the timeout answered.
 func (t *transmission) read(req protocol.TransmissionRequestHeader, charge int64) {
 	var claimed atomic.Bool
-	answer := func(errno uint32, data []byte) bool {
+	// answer sends the reply if nobody has; logFirst, if not nil, logs why
+	// before the reply goes out, so the log line is written before the
+	// client sees the error and before the connection may be drained.
+	answer := func(errno uint32, data []byte, logFirst func()) {
 		if !claimed.CompareAndSwap(false, true) {
-			return false
+			return
+		}
+		if logFirst != nil {
+			logFirst()
 		}
 		t.reply(req.Handle, errno, data)
 		<-t.slots
 		t.pending.Done()
-		return true
 	}
 	var timer *time.Timer
 	if d := t.s.opts.readTimeout; d > 0 {
 		timer = time.AfterFunc(d, func() {
-			if answer(errEIO, nil) {
+			answer(errEIO, nil, func() {
 				t.log.Warn().Uint64("offset", req.Offset).Uint32("length", req.Length).
 					Dur("timeout", d).Msg("nbd read timed out: answered EIO")
-			}
+			})
 		})
 	}
 	buf := t.s.buffers.get(int(req.Length))
@@ -337,15 +342,15 @@ func (t *transmission) read(req protocol.TransmissionRequestHeader, charge int64
 		timer.Stop()
 	}
 	if n == len(buf) && (err == nil || errors.Is(err, io.EOF)) {
-		answer(0, buf)
+		answer(0, buf, nil)
 	} else {
 		if err == nil {
 			err = io.ErrUnexpectedEOF
 		}
-		if answer(errEIO, nil) {
+		answer(errEIO, nil, func() {
 			t.log.Warn().Err(err).Uint64("offset", req.Offset).Uint32("length", req.Length).
 				Msg("nbd read failed: answered EIO")
-		}
+		})
 	}
 	t.s.buffers.put(buf)
 	t.s.budget.Release(charge)
