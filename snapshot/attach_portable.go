@@ -219,7 +219,7 @@ func (a *PortableAttacher) Detach(ctx context.Context, dev *Device) error {
 		if len(points) > 0 {
 			return fmt.Errorf("device %s is still mounted at %s", st.Loop, strings.Join(points, ", "))
 		}
-		if a.attached(st) && deviceBusy(st.Loop) {
+		if a.attached(st) && busyAfterUnmount(st.Loop) {
 			// Held by a mount no longer in the tree (detached lazily, still
 			// used by containers): losetup -d would only mark it autoclear.
 			return fmt.Errorf("device %s is still in use", st.Loop)
@@ -229,6 +229,19 @@ func (a *PortableAttacher) Detach(ctx context.Context, dev *Device) error {
 		return err
 	}
 	return a.removeDevice(ctx, dev.ID)
+}
+
+// busyAfterUnmount reports whether dev stays busy for a moment: the
+// kernel may let go of a device a little after the last unmount of a
+// filesystem on it returns (the final close can be deferred, more so on a
+// loaded machine), which is not a user.
+func busyAfterUnmount(dev string) bool {
+	for deadline := time.Now().Add(2 * time.Second); deviceBusy(dev); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return true
+		}
+	}
+	return false
 }
 
 // clearLoop detaches st's loop device if it still reads from this device's
