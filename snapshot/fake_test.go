@@ -242,18 +242,8 @@ func unpack(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, img *te
 // nil, runs while it is mounted.
 func rootfsOf(t *testing.T, ctx context.Context, mounts []mount.Mount, write func(root string)) map[string]string {
 	t.Helper()
-	target := filepath.Join(tempDir(t), "rootfs")
-	if err := os.Mkdir(target, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.All(mounts, target); err != nil {
-		t.Fatalf("mount %+v: %v", mounts, err)
-	}
-	defer func() {
-		if err := mount.UnmountAll(target, 0); err != nil {
-			t.Errorf("unmount %s: %v", target, err)
-		}
-	}()
+	target, unmount := testutil.MountRootfs(t, tempDir(t), mounts)
+	defer unmount()
 	tree := treeOf(t, target)
 	if write != nil {
 		write(target)

@@ -110,14 +110,8 @@ func (f *fixture) runContainer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := filepath.Join(tempDir(t), "rootfs")
-	if err := os.Mkdir(target, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.All(mounts, target); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mount.UnmountAll(target, 0) })
+	target, unmount := testutil.MountRootfs(t, tempDir(t), mounts)
+	t.Cleanup(unmount)
 	return target
 }
 

@@ -352,18 +352,8 @@ func (img *testImage) unpackImage() testutil.UnpackImage {
 // with want; it also writes a file, as a container would.
 func checkRootfs(t *testing.T, ctx context.Context, mounts []mount.Mount, want map[string]string) {
 	t.Helper()
-	target := filepath.Join(tempDir(t), "rootfs")
-	if err := os.Mkdir(target, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.All(mounts, target); err != nil {
-		t.Fatalf("mount %+v: %v", mounts, err)
-	}
-	defer func() {
-		if err := mount.UnmountAll(target, 0); err != nil {
-			t.Errorf("unmount %s: %v", target, err)
-		}
-	}()
+	target, unmount := testutil.MountRootfs(t, tempDir(t), mounts)
+	defer unmount()
 	got := map[string]string{}
 	err := filepath.WalkDir(target, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
