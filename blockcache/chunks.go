@@ -29,7 +29,7 @@ type rangeFetcher interface {
 // streamFetcher is the part of RangeFetcher that lets the loader decode
 // and hash chunks while the rest of their range is still arriving.
 type streamFetcher interface {
-	FetchInto(ctx context.Context, off int64, dst []byte, progress func(filled int)) error
+	stream(ctx context.Context, off int64, dst []byte) (*rangeStream, error)
 }
 
 // loader turns chunk indices into verified chunk bytes: from the store, or
@@ -106,7 +106,19 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 		if err != nil {
 			return nil, misses, err
 		}
-		l.launch(groups)
+		if fg && len(groups) > 0 {
+			// The first new fetch runs on this goroutine, within this
+			// read's deadline: its bytes are decoded as they arrive and the
+			// read is answered with no hand-off between goroutines. A read
+			// that joined it and still has time when this read's deadline
+			// ends it starts another (below). The chunk files are written
+			// after this read is answered.
+			l.launch(groups[1:])
+			l.fetchGroup(ctx, groups[0])
+			go l.storeGroup(groups[0])
+		} else {
+			l.launch(groups)
+		}
 		var again []int
 		for _, k := range need {
 			c := calls[l.ix.Chunks[idxs[k]].Digest]
@@ -183,12 +195,10 @@ func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]
 	return calls, groups, nil
 }
 
-// launch runs fetch groups, each on a goroutine of its own. The reader
-// that started them waits for its chunks with its own deadline (load):
-// fetches use the loader's context and outlive a reader that gave up, for
-// the readers that joined them. (Fetching the first group on the reader's
-// goroutine saves a wake-up but holds the reader past its deadline while
-// the fetch retries: TestRegistryFaults' late joiner caught that.)
+// launch runs fetch groups, each on a goroutine of its own, with the
+// loader's context: they outlive a reader that gave up, for the readers
+// that joined them. The reader that started them waits for its chunks with
+// its own deadline (load).
 func (l *loader) launch(groups []*fetchGroup) {
 	for _, g := range groups {
 		go l.run(g)
@@ -223,7 +233,7 @@ func (l *loader) group(owned []*call, fg bool) []*fetchGroup {
 // run fetches a group, verifies each chunk and wakes its waiters, then
 // stores the group's chunks.
 func (l *loader) run(g *fetchGroup) {
-	l.fetchGroup(g)
+	l.fetchGroup(l.base, g)
 	l.storeGroup(g)
 }
 
@@ -235,9 +245,9 @@ func (l *loader) storeGroup(g *fetchGroup) {
 	}
 }
 
-// fetchGroup fetches a group, verifies each chunk and wakes its waiters.
-func (l *loader) fetchGroup(g *fetchGroup) {
-	ctx := l.base
+// fetchGroup fetches a group within ctx, verifies each chunk and wakes its
+// waiters.
+func (l *loader) fetchGroup(ctx context.Context, g *fetchGroup) {
 	// Hold the store-wide fetch memory until the raw bytes are decoded.
 	weight := min(g.end-g.off, fetchMemory)
 	if err := l.store.fetchMem.Acquire(ctx, weight); err != nil {
@@ -259,7 +269,7 @@ func (l *loader) fetchGroup(g *fetchGroup) {
 		l.store.raws.put(raw)
 	case ok:
 		raw := l.store.raws.get(int(g.end - g.off))
-		groupErr := l.fetchInto(ctx, &g.fg, sf, g.off, raw, nil)
+		groupErr := l.fetchInto(ctx, &g.fg, sf, g.off, raw)
 		l.verifyGroup(ctx, g, raw, groupErr)
 		l.store.raws.put(raw)
 	default:
@@ -284,41 +294,73 @@ func (l *loader) verifyGroup(ctx context.Context, g *fetchGroup, raw []byte, gro
 	}
 }
 
-// runStreaming (foreground groups, while a stream decoder is free) fetches
-// a group on a second goroutine while this one
-// decodes and hashes its chunks as their bytes arrive, so that once the
-// last byte is in, only the last block remains to decode: a fault is
-// answered about a decode sooner. Chunks are woken in blob order as each
-// verifies. A chunk whose bytes all came but do not verify goes through
-// verified (one refetch of it alone), as without streaming.
+// runStreaming (foreground groups, while a stream decoder is free) decodes
+// and hashes a group's chunks as their bytes arrive, pulling them from the
+// range request on this goroutine, so that once the last byte is in, only
+// the last block remains to decode: a fault is answered about a decode
+// sooner. Chunks are woken in blob order as each verifies. A chunk whose
+// bytes all came but do not verify goes through verified (one refetch of
+// it alone, once this fetch has ended), as without streaming.
 func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetcher, dec *zstd.Decoder, raw []byte) {
-	a := newArrival(raw)
-	fetched := make(chan struct{})
-	go func() {
-		defer close(fetched)
-		a.finish(l.fetchInto(ctx, &g.fg, sf, g.off, raw, a.advance))
-	}()
+	release, err := l.sched.acquire(ctx, &g.fg)
+	if err != nil {
+		for _, c := range g.calls {
+			l.wake(c, nil, fmt.Errorf("waiting to fetch: %w", err))
+		}
+		return
+	}
+	defer release()
+	ctx, cancel := withTimeout(ctx, l.fetchTimeout)
+	defer cancel()
+	s, err := sf.stream(ctx, g.off, raw)
+	if err != nil {
+		for _, c := range g.calls {
+			l.wake(c, nil, err)
+		}
+		return
+	}
+	defer s.close()
+	a := &arrival{s: s}
+	// Send the request before anything else is set up (the decoder, the
+	// chunk's buffer): that is done while the answer is on its way. An
+	// error here comes back from the first read of the first chunk.
+	_ = a.wait(1)
+	// end finishes the fetch, counts it if it completed, and gives back
+	// its slot; once only.
+	ended := false
+	end := func() {
+		if ended {
+			return
+		}
+		ended = true
+		if a.wait(int64(len(raw))) == nil {
+			l.countFetch(&g.fg, int64(len(raw)))
+		}
+		s.close()
+		release()
+	}
+	defer end()
 	for _, c := range g.calls {
 		ch := l.ix.Chunks[c.index]
 		start := int64(ch.Offset) - g.off
-		end := start + int64(ch.Length)
-		data, err := l.decodeStream(dec, c.index, a.section(start, end))
+		stop := start + int64(ch.Length)
+		data, err := l.decodeStream(dec, c.index, a.section(start, stop))
 		if err == nil {
 			l.wake(c, data, nil)
 			continue
 		}
-		if ferr := a.wait(end); ferr != nil {
+		if ferr := a.wait(stop); ferr != nil {
 			l.wake(c, nil, ferr) // the fetch failed before this chunk was in
 			continue
 		}
-		data, err = l.verified(ctx, c, raw[start:end])
+		end() // before refetching, which needs a slot of its own
+		data, err = l.verified(ctx, c, raw[start:stop])
 		l.wake(c, data, err)
 	}
-	<-fetched
 }
 
-// fetchInto is fetchRange through a streamFetcher, reporting progress.
-func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetcher, off int64, dst []byte, progress func(int)) error {
+// fetchInto is fetchRange into dst, a buffer of the store's pool.
+func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetcher, off int64, dst []byte) error {
 	release, err := l.sched.acquire(ctx, fg)
 	if err != nil {
 		return fmt.Errorf("waiting to fetch: %w", err)
@@ -326,16 +368,25 @@ func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetche
 	defer release()
 	ctx, cancel := withTimeout(ctx, l.fetchTimeout)
 	defer cancel()
-	if err := sf.FetchInto(ctx, off, dst, progress); err != nil {
+	s, err := sf.stream(ctx, off, dst)
+	if err != nil {
 		return err
 	}
-	n := int64(len(dst))
+	defer s.close()
+	if err := (&arrival{s: s}).wait(int64(len(dst))); err != nil {
+		return err
+	}
+	l.countFetch(fg, int64(len(dst)))
+	return nil
+}
+
+// countFetch counts a completed range fetch of n bytes.
+func (l *loader) countFetch(fg *atomic.Bool, n int64) {
 	l.stats.fetches.Add(1)
 	l.stats.bytesFetched.Add(n)
 	if !fg.Load() {
 		l.stats.backgroundBytes.Add(n)
 	}
-	return nil
 }
 
 // decodeStream decodes chunk i from r as its bytes come, hashing as it
@@ -367,57 +418,23 @@ func (l *loader) decodeStream(dec *zstd.Decoder, i int, r io.Reader) ([]byte, er
 	return data, nil
 }
 
-// arrival is a range being fetched into buf: how much of it is in, and
-// how the fetch ended. Readers of a section wait for its bytes.
+// arrival is a range being fetched by a rangeStream: readers of a section
+// pull its bytes in, on their own goroutine.
 type arrival struct {
-	buf    []byte
-	mu     sync.Mutex
-	cond   sync.Cond
-	filled int64
-	ended  bool
-	err    error
+	s *rangeStream
 }
 
-func newArrival(buf []byte) *arrival {
-	a := &arrival{buf: buf}
-	a.cond.L = &a.mu
-	return a
-}
-
-// advance records that buf[:filled] is in (and will not change).
-func (a *arrival) advance(filled int) {
-	a.mu.Lock()
-	a.filled = int64(filled)
-	a.mu.Unlock()
-	a.cond.Broadcast()
-}
-
-// finish records the end of the fetch.
-func (a *arrival) finish(err error) {
-	a.mu.Lock()
-	a.ended, a.err = true, err
-	a.mu.Unlock()
-	a.cond.Broadcast()
-}
-
-// wait blocks until buf[:end] is in, or the fetch ended without it: then
-// it returns why.
+// wait pulls bytes in until dst[:end] is in, or returns why it cannot be.
 func (a *arrival) wait(end int64) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for a.filled < end && !a.ended {
-		a.cond.Wait()
+	for int64(a.s.filled) < end {
+		if err := a.s.next(); err != nil {
+			return err
+		}
 	}
-	switch {
-	case a.filled >= end:
-		return nil
-	case a.err != nil:
-		return a.err
-	}
-	return io.ErrUnexpectedEOF
+	return nil
 }
 
-// section reads buf[start:end] as it arrives.
+// section reads dst[start:end] as it arrives.
 func (a *arrival) section(start, end int64) io.Reader {
 	return &arrivalReader{a: a, pos: start, end: end}
 }
@@ -434,10 +451,7 @@ func (r *arrivalReader) Read(p []byte) (int, error) {
 	if err := r.a.wait(r.pos + 1); err != nil {
 		return 0, err
 	}
-	r.a.mu.Lock()
-	filled := r.a.filled
-	r.a.mu.Unlock()
-	n := copy(p, r.a.buf[r.pos:min(filled, r.end)])
+	n := copy(p, r.a.s.dst[r.pos:min(int64(r.a.s.filled), r.end)])
 	r.pos += int64(n)
 	return n, nil
 }
@@ -456,11 +470,7 @@ func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64) 
 	if err != nil {
 		return nil, err
 	}
-	l.stats.fetches.Add(1)
-	l.stats.bytesFetched.Add(n)
-	if !fg.Load() {
-		l.stats.backgroundBytes.Add(n)
-	}
+	l.countFetch(fg, n)
 	return b, nil
 }
 

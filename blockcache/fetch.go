@@ -149,59 +149,152 @@ func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, er
 // them while the rest is in flight: dst[:filled] is never written again.
 // A retry asks only for the bytes not yet had.
 func (f *RangeFetcher) FetchInto(ctx context.Context, off int64, dst []byte, progress func(filled int)) error {
+	s, err := f.stream(ctx, off, dst)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	for s.filled < len(dst) {
+		if err := s.next(); err != nil {
+			return err
+		}
+		if progress != nil {
+			progress(s.filled)
+		}
+	}
+	return nil
+}
+
+// rangeStream fills dst with the blob's bytes at off on its caller's
+// goroutine, as they arrive: each next reads more, making the request, and
+// any retry (for the bytes not yet had) with backoff, as it goes. The
+// loader decodes a chunk by pulling its bytes through next, so they are
+// decoded and hashed by the goroutine that receives them, with no hand-off
+// between goroutines on the way to the waiting read.
+type rangeStream struct {
+	f      *RangeFetcher
+	ctx    context.Context
+	off    int64
+	dst    []byte
+	filled int
+
+	attempts int   // requests made
+	last     error // why the last attempt ended
+	failed   error // the stream gave up: every later next returns it
+
+	// The attempt in progress (body nil between attempts).
+	body   io.Reader
+	endTry func(err error) error
+}
+
+// stream starts filling dst with the blob's bytes at off; it sends nothing
+// until the first next.
+func (f *RangeFetcher) stream(ctx context.Context, off int64, dst []byte) (*rangeStream, error) {
 	n := int64(len(dst))
 	if off < 0 || n <= 0 || off > f.size-n {
-		return fmt.Errorf("blob %s: range [%d,+%d) outside its %d bytes", f.blob, off, n, f.size)
+		return nil, fmt.Errorf("blob %s: range [%d,+%d) outside its %d bytes", f.blob, off, n, f.size)
 	}
-	log := zerolog.Ctx(ctx)
-	var last error
-	filled := 0
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			f.retries.Add(1)
-		}
-		err := f.try(ctx, off+int64(filled), dst[filled:], func(k int) {
-			filled += k
-			if progress != nil {
-				progress(filled)
+	return &rangeStream{f: f, ctx: ctx, off: off, dst: dst}, nil
+}
+
+// next reads at least one more byte into dst (nothing once it is full), or
+// returns why it cannot: the context ended, an error that is not
+// transient, or the backoff's attempts ran out.
+func (s *rangeStream) next() error {
+	if s.failed != nil || s.filled == len(s.dst) {
+		return s.failed
+	}
+	for {
+		if s.body == nil {
+			if s.attempts > 0 {
+				if err := s.backoff(); err != nil {
+					s.failed = err
+					return err
+				}
+				s.f.retries.Add(1)
 			}
-		})
-		if err == nil {
+			s.attempts++
+			if err := s.open(); err != nil {
+				s.last = err
+				continue
+			}
+		}
+		k, err := s.body.Read(s.dst[s.filled:])
+		s.filled += k
+		switch {
+		case s.filled == len(s.dst):
+			s.endTry(nil)
+			s.body = nil
+		case err != nil:
+			s.last = s.endTry(truncated(err))
+			s.body = nil
+		}
+		if k > 0 {
 			return nil
-		}
-		last = err
-		if ctx.Err() != nil {
-			return fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
-		}
-		if !transient(err) || (f.cfg.backoff.Attempts > 0 && attempt+1 >= f.cfg.backoff.Attempts) {
-			return fmt.Errorf("blob %s bytes %d-%d: %w", f.blob, off, off+n-1, err)
-		}
-		d := f.cfg.backoff.delay(attempt)
-		var se *statusError
-		if errors.As(err, &se) && se.retryAfter > d {
-			d = min(se.retryAfter, f.cfg.backoff.Max)
-		}
-		log.Debug().Err(err).Str("blob", f.blob.String()).Int64("offset", off).Int("attempt", attempt+1).Dur("backoff", d).Msg("retrying range fetch")
-		if sleep(ctx, d) != nil {
-			return fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, off, off+n-1, attempt+1, last, context.Cause(ctx))
 		}
 	}
 }
 
-// try makes one request for the len(dst) bytes at off, into dst, calling
-// got with the number of bytes each time more have arrived.
-func (f *RangeFetcher) try(ctx context.Context, off int64, dst []byte, got func(k int)) (err error) {
-	n := int64(len(dst))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+// backoff decides whether the attempt that just failed (s.last) is
+// retried, and waits before the retry; it returns why not.
+func (s *rangeStream) backoff() error {
+	f, ctx, err := s.f, s.ctx, s.last
+	first, last := s.off, s.off+int64(len(s.dst))-1
+	if ctx.Err() != nil {
+		return fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, first, last, s.attempts, err, context.Cause(ctx))
+	}
+	if !transient(err) || (f.cfg.backoff.Attempts > 0 && s.attempts >= f.cfg.backoff.Attempts) {
+		return fmt.Errorf("blob %s bytes %d-%d: %w", f.blob, first, last, err)
+	}
+	d := f.cfg.backoff.delay(s.attempts - 1)
+	var se *statusError
+	if errors.As(err, &se) && se.retryAfter > d {
+		d = min(se.retryAfter, f.cfg.backoff.Max)
+	}
+	zerolog.Ctx(ctx).Debug().Err(err).Str("blob", f.blob.String()).Int64("offset", s.off).Int("attempt", s.attempts).Dur("backoff", d).Msg("retrying range fetch")
+	if sleep(ctx, d) != nil {
+		return fmt.Errorf("blob %s bytes %d-%d: %d attempts, last: %v: %w", f.blob, first, last, s.attempts, err, context.Cause(ctx))
+	}
+	return nil
+}
+
+// close ends the attempt in progress, if any.
+func (s *rangeStream) close() {
+	if s.body != nil {
+		s.endTry(nil)
+		s.body = nil
+	}
+}
+
+// open makes one request for the bytes not yet had and, once its answer
+// checks out, leaves its body in s.body, positioned at them.
+func (s *rangeStream) open() (err error) {
+	f := s.f
+	off, n := s.off+int64(s.filled), int64(len(s.dst)-s.filled)
+	ctx, cancel := context.WithCancelCause(s.ctx)
 	var stall *time.Timer
 	if f.cfg.stallTimeout > 0 {
 		stall = time.AfterFunc(f.cfg.stallTimeout, func() { cancel(errStalled) })
-		defer stall.Stop()
 	}
-	defer func() {
+	var resp *http.Response
+	// endTry closes the attempt's body and releases its context; an error
+	// that came of the stall timeout says so.
+	endTry := func(err error) error {
+		if stall != nil {
+			stall.Stop()
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
 		if err != nil && context.Cause(ctx) == errStalled {
 			err = fmt.Errorf("%w: %v", errStalled, err)
+		}
+		cancel(nil)
+		return err
+	}
+	defer func() {
+		if err != nil {
+			err = endTry(err)
 		}
 	}()
 	client, err := f.httpClient(ctx)
@@ -217,11 +310,10 @@ func (f *RangeFetcher) try(ctx context.Context, off int64, dst []byte, got func(
 	// open-ended or overlong range with 416.
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
 	f.requests.Add(1)
-	resp, err := client.Do(req)
+	resp, err = client.Do(req)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
 	body := &countingReader{r: resp.Body, n: &f.bytes, stall: stall, d: f.cfg.stallTimeout}
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
@@ -243,16 +335,7 @@ func (f *RangeFetcher) try(ctx context.Context, off int64, dst []byte, got func(
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // reuse the connection
 		return err
 	}
-	for have := 0; have < len(dst); {
-		k, err := body.Read(dst[have:])
-		if k > 0 {
-			have += k
-			got(k)
-		}
-		if err != nil && have < len(dst) {
-			return truncated(err)
-		}
-	}
+	s.body, s.endTry = body, endTry
 	return nil
 }
 

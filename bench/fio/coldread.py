@@ -10,7 +10,7 @@
   coldread.py nbd URI
       read 4 KiB at each offset on stdin, one at a time (queue depth 1),
       and print "OFFSET MICROSECONDS" per read
-  coldread.py pair URI BLOB_URL [DIRECT_URL]
+  coldread.py pair URI BLOB_URL [DIRECT_URL [PEER_URI]]
       for each "OFFSET BLOB_OFFSET BLOB_LENGTH" on stdin (a block of a cold
       chunk and where that chunk is stored in the data blob): GET the
       chunk's bytes from BLOB_URL with a Range request over a kept-alive
@@ -20,7 +20,12 @@
       at the same moment, so the difference is sluice's own share. With
       DIRECT_URL (the same blob straight from the registry, no proxy), the
       same range is also fetched from there right after, and its time
-      printed as a fifth column: the registry's own service time.
+      printed as a fifth column: the registry's own service time. With
+      PEER_URI (an NBD export of the data blob itself served lazily by
+      another server, nbdkit's curl plugin through the same proxy), the
+      chunk's stored bytes are also read from it, in turn with the other
+      two, and its time printed as a sixth column: a lazy NBD server that
+      neither decompresses nor verifies.
 
 Needs Debian's python3-libnbd for the nbd mode (run it with the python3
 that has the nbd module: /usr/bin/python3).
@@ -72,11 +77,15 @@ def read_nbd(uri):
     h.shutdown()
 
 
-def read_pairs(uri, url, direct_url=None):
+def read_pairs(uri, url, direct_url=None, peer_uri=None):
     import nbd
 
     h = nbd.NBD()
     h.connect_uri(uri)
+    peer = None
+    if peer_uri:
+        peer = nbd.NBD()
+        peer.connect_uri(peer_uri)
 
     def connect(url):
         u = urllib.parse.urlsplit(url)
@@ -106,19 +115,34 @@ def read_pairs(uri, url, direct_url=None):
         h.pread(BLOCK, off)
         return (time.perf_counter_ns() - t0) // 1000
 
+    def read_peer(boff, blen):
+        t0 = time.perf_counter_ns()
+        peer.pread(blen, boff)
+        return (time.perf_counter_ns() - t0) // 1000
+
     for k, line in enumerate(sys.stdin):
         if not line.strip():
             continue
         off, boff, blen = (int(x) for x in line.split()[:3])
-        if k % 2:
-            nbd_us, http_us = read(off), fetch(boff, blen)
-        else:
-            http_us, nbd_us = fetch(boff, blen), read(off)
+        t = {}
+        jobs = [
+            ("nbd", lambda: read(off)),
+            ("http", lambda: fetch(boff, blen)),
+        ]
+        if peer:
+            jobs.append(("peer", lambda: read_peer(boff, blen)))
+        # Each goes first in turn.
+        for name, job in jobs[k % len(jobs):] + jobs[: k % len(jobs)]:
+            t[name] = job()
+        cols = [off, blen, t["nbd"], t["http"]]
         if direct_url:
-            print(off, blen, nbd_us, http_us, fetch(boff, blen, direct_url), flush=True)
-        else:
-            print(off, blen, nbd_us, http_us, flush=True)
+            cols.append(fetch(boff, blen, direct_url))
+        if peer:
+            cols.append(t["peer"])
+        print(*cols, flush=True)
     h.shutdown()
+    if peer:
+        peer.shutdown()
 
 
 def main(argv):
@@ -128,7 +152,7 @@ def main(argv):
         index(argv[2])
     elif len(argv) == 3 and argv[1] == "nbd":
         read_nbd(argv[2])
-    elif len(argv) in (4, 5) and argv[1] == "pair":
+    elif len(argv) in (4, 5, 6) and argv[1] == "pair":
         read_pairs(*argv[2:])
     else:
         sys.exit(__doc__)

@@ -30,7 +30,10 @@
 #         - first-byte latency: FIRST_BYTE_READS single 4 KiB reads of
 #           far-apart cold chunks per process, REPEAT processes, each paired
 #           with a plain HTTP GET of the same chunk through the proxy and
-#           one straight from the registry (its service time). Two origins,
+#           one straight from the registry (its service time), and with a
+#           read of the chunk's stored bytes from the lazy peer, nbdkit's
+#           curl plugin serving the data blob through the same proxy (it
+#           neither decompresses nor verifies). Two origins,
 #           each behind its own throttleproxy: docker-registry, and
 #           memregistry (go-containerregistry's registry in-process: near-
 #           zero service time; the images are converted there too).
@@ -510,14 +513,23 @@ if has_phase cold; then
 				}' "$data/chunks-$tag.txt" >"$work/fb-$tag-$rep.in"
 			for origin in "${origins[@]}"; do
 				name="cold-fb-$origin-$tag-$rep"
+				blob_url="http://${origin_proxy[$origin]}/v2/bench/fio-$tag/blobs/${data_digest[$tag]}"
+				# The lazy peer: nbdkit's curl plugin serving the data
+				# blob itself through the same proxy (no cache, no
+				# decompression, no verification), each chunk's stored
+				# bytes read whole.
+				bg "curl-$name" nbdkit -f -r -U "$work/curl-$name.sock" curl url="$blob_url"
+				curl_pid=$BG_PID
+				wait_nbd "nbd+unix:///?socket=$work/curl-$name.sock" "$curl_pid" "curl-$name"
 				sluice_serve "$name" "$work/$name.sock" "$work/cache-$name" 0 "${origin_proxy[$origin]}/${ref[$tag]}"
 				wait_nbd "nbd+unix:///?socket=$work/$name.sock" "$BG_PID" "$name"
-				"$PY" "$here/coldread.py" pair "nbd+unix:///?socket=$work/$name.sock" \
-					"http://${origin_proxy[$origin]}/v2/bench/fio-$tag/blobs/${data_digest[$tag]}" \
+				"$PY" "$here/coldread.py" pair "nbd+unix:///?socket=$work/$name.sock" "$blob_url" \
 					"http://${origin_direct[$origin]}/v2/bench/fio-$tag/blobs/${data_digest[$tag]}" \
+					"nbd+unix:///?socket=$work/curl-$name.sock" \
 					<"$work/fb-$tag-$rep.in" >"$data/firstbyte-$origin-$tag-$rep.txt" ||
 					die "cold first-byte reads ($name) failed"
 				stop "$BG_PID"
+				stop "$curl_pid"
 				rm -rf "$work/cache-$name"
 			done
 		done
@@ -756,13 +768,15 @@ if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirt
 		echo "  budget = rtt + stored chunk bytes / bandwidth + ${TARGET_FIRST_BYTE_SLACK_MS} ms, per read; raw = plain HTTP GET of the"
 		echo "  same chunk through the same proxy, alternating with the read (network + registry, no sluice); origin ="
 		echo "  the same GET straight from the registry, no proxy (the registry's own service time); proxy+ = raw GET"
-		echo "  - (rtt + transfer + origin): what the proxy adds beyond its model (its own hop, sleep overshoot)"
-		declare -A fb_ratio fb_over
+		echo "  - (rtt + transfer + origin): what the proxy adds beyond its model (its own hop, sleep overshoot);"
+		echo "  nbdkit-curl = the lazy peer, nbdkit's curl plugin serving the data blob through the same proxy, reading"
+		echo "  the chunk's stored bytes whole (no decompression, no verification), in turn with the other two"
+		declare -A fb_ratio fb_over fb_peer_budget fb_vs_peer
 		declare -A origin_name=([dreg]=docker-registry [mem]=memregistry)
 		declare -A origin_label=([dreg]="docker-registry (Debian's, filesystem storage)" [mem]="memregistry (go-containerregistry in-process, near-zero service time)")
 		for origin in "${origins[@]}"; do
 			echo "  origin: ${origin_label[$origin]}"
-			printf '%-8s %10s %10s %10s %10s %9s %12s %14s %14s %9s\n' "chunk" "sluice" "budget" "raw GET" "origin" "proxy+" "sluice-raw" "sluice/budget" "1st read/proc" "mean KiB"
+			printf '%-8s %10s %10s %10s %10s %9s %12s %14s %12s %12s %12s %14s %9s\n' "chunk" "sluice" "budget" "raw GET" "origin" "proxy+" "sluice-raw" "sluice/budget" "nbdkit-curl" "curl/budget" "sluice/curl" "1st read/proc" "mean KiB"
 			for cs in "${sizes[@]}"; do
 				tag="$(tag_of "$cs")"
 				k="$origin,$tag"
@@ -776,14 +790,19 @@ if git -C "$repo_root" status --porcelain 2>/dev/null | grep -q .; then git_dirt
 				b_med="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" -v slack=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) '{print rtt + $2 / bw * 1e6 + slack}' <<<"$all" | median)"
 				fb_over[$k]="$(awk '{print $3 - $4}' <<<"$all" | median)"
 				fb_ratio[$k]="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" -v slack=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) '{print $3 / (rtt + $2 / bw * 1e6 + slack)}' <<<"$all" | median)"
+				peer_med="$(awk '{print $6}' <<<"$all" | median)"
+				fb_peer_budget[$k]="$(awk -v rtt="$rtt_us" -v bw="$bw_bytes" -v slack=$((TARGET_FIRST_BYTE_SLACK_MS * 1000)) '{print $6 / (rtt + $2 / bw * 1e6 + slack)}' <<<"$all" | median)"
+				fb_vs_peer[$k]="$(awk '{print $3 / $6}' <<<"$all" | median)"
 				kib="$(awk '{s += $2; n++} END {printf "%.0f", s / n / 1024}' <<<"$all")"
-				printf '%-8s %8.1fms %8.1fms %8.1fms %8.1fms %7.1fms %10.1fms %13.2fx %12.1fms %9s\n' "$cs" "$(awk -v v="$s_med" 'BEGIN {print v / 1000}')" \
+				printf '%-8s %8.1fms %8.1fms %8.1fms %8.1fms %7.1fms %10.1fms %13.2fx %10.1fms %11.2fx %11.2fx %12.1fms %9s\n' "$cs" "$(awk -v v="$s_med" 'BEGIN {print v / 1000}')" \
 					"$(awk -v v="$b_med" 'BEGIN {print v / 1000}')" "$(awk -v v="$raw_med" 'BEGIN {print v / 1000}')" \
 					"$(awk -v v="$direct_med" 'BEGIN {print v / 1000}')" "$(awk -v v="$proxy_over" 'BEGIN {print v / 1000}')" \
-					"$(awk -v v="${fb_over[$k]}" 'BEGIN {print v / 1000}')" "${fb_ratio[$k]}" "$(awk -v v="$firsts" 'BEGIN {print v / 1000}')" "$kib"
+					"$(awk -v v="${fb_over[$k]}" 'BEGIN {print v / 1000}')" "${fb_ratio[$k]}" \
+					"$(awk -v v="$peer_med" 'BEGIN {print v / 1000}')" "${fb_peer_budget[$k]}" "${fb_vs_peer[$k]}" \
+					"$(awk -v v="$firsts" 'BEGIN {print v / 1000}')" "$kib"
 			done
 		done
-		echo "  (proxy+, sluice-raw and sluice/budget are medians of per-read values)"
+		echo "  (proxy+, sluice-raw and the ratios are medians of per-read values)"
 		echo
 		for cs in "${sizes[@]}"; do
 			tag="$(tag_of "$cs")"

@@ -17,6 +17,7 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
@@ -43,11 +44,20 @@ func run(listen, addrFile string) error {
 }
 
 // newHandler is the registry: blobs in memory, referrers API on, request
-// logging off (it would cost more than serving).
+// logging off (it would cost more than serving). Blob answers say
+// "Accept-Ranges: bytes", as distribution's do: the registry serves ranges,
+// and nbdkit's curl plugin (the cold phase's lazy peer) will not open a URL
+// whose HEAD does not say so.
 func newHandler() http.Handler {
-	return registry.New(
+	reg := registry.New(
 		registry.WithBlobHandler(registry.NewInMemoryBlobHandler()),
 		registry.WithReferrersSupport(true),
 		registry.Logger(log.New(io.Discard, "", 0)),
 	)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if (r.Method == http.MethodGet || r.Method == http.MethodHead) && strings.Contains(r.URL.Path, "/blobs/sha256:") {
+			w.Header().Set("Accept-Ranges", "bytes")
+		}
+		reg.ServeHTTP(w, r)
+	})
 }

@@ -48,4 +48,13 @@ func TestRangeGet(t *testing.T) {
 	if cr := resp.Header.Get("Content-Range"); cr != fmt.Sprintf("bytes 100-1099/%d", len(blob)) {
 		t.Errorf("Content-Range %q", cr)
 	}
+	// nbdkit's curl plugin reads only a URL whose HEAD says it takes ranges.
+	head, err := http.Head(fmt.Sprintf("%s/v2/bench/x/blobs/%s", srv.URL, dgst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	head.Body.Close()
+	if head.StatusCode != http.StatusOK || head.Header.Get("Accept-Ranges") != "bytes" || head.ContentLength != int64(len(blob)) {
+		t.Errorf("HEAD of the blob: %s, Accept-Ranges %q, Content-Length %d; want 200, bytes, %d", head.Status, head.Header.Get("Accept-Ranges"), head.ContentLength, len(blob))
+	}
 }
