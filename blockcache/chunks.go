@@ -321,9 +321,11 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 	}
 	defer s.close()
 	a := &arrival{s: s}
-	// Send the request before anything else is set up (the decoder, the
-	// chunk's buffer): that is done while the answer is on its way. An
-	// error here comes back from the first read of the first chunk.
+	// Send the request (and wait for its first bytes) before the decoder
+	// is reset and the chunk's output buffer allocated, so that work is
+	// done while the answer is on its way rather than before it is asked
+	// for. An error here comes back from the first read of the first
+	// chunk.
 	_ = a.wait(1)
 	// end finishes the fetch, counts it if it completed, and gives back
 	// its slot; once only.

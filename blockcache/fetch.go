@@ -131,38 +131,24 @@ func (f *RangeFetcher) Stats() FetchStats {
 }
 
 // FetchRange returns the n bytes of the blob at off, retrying transient
-// errors with backoff until ctx ends or the backoff's attempts run out.
+// errors with backoff until ctx ends or the backoff's attempts run out. A
+// retry asks only for the bytes not yet had.
 func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, error) {
 	if off < 0 || n <= 0 || off > f.size-n {
 		return nil, fmt.Errorf("blob %s: range [%d,+%d) outside its %d bytes", f.blob, off, n, f.size)
 	}
 	b := make([]byte, n)
-	if err := f.FetchInto(ctx, off, b, nil); err != nil {
+	s, err := f.stream(ctx, off, b)
+	if err != nil {
 		return nil, err
 	}
-	return b, nil
-}
-
-// FetchInto fills dst with the len(dst) bytes of the blob at off, like
-// FetchRange, and calls progress (if not nil) with the number of bytes of
-// dst filled so far each time more have arrived, so a consumer can work on
-// them while the rest is in flight: dst[:filled] is never written again.
-// A retry asks only for the bytes not yet had.
-func (f *RangeFetcher) FetchInto(ctx context.Context, off int64, dst []byte, progress func(filled int)) error {
-	s, err := f.stream(ctx, off, dst)
-	if err != nil {
-		return err
-	}
 	defer s.close()
-	for s.filled < len(dst) {
+	for s.filled < len(b) {
 		if err := s.next(); err != nil {
-			return err
-		}
-		if progress != nil {
-			progress(s.filled)
+			return nil, err
 		}
 	}
-	return nil
+	return b, nil
 }
 
 // rangeStream fills dst with the blob's bytes at off on its caller's
@@ -170,7 +156,8 @@ func (f *RangeFetcher) FetchInto(ctx context.Context, off int64, dst []byte, pro
 // any retry (for the bytes not yet had) with backoff, as it goes. The
 // loader decodes a chunk by pulling its bytes through next, so they are
 // decoded and hashed by the goroutine that receives them, with no hand-off
-// between goroutines on the way to the waiting read.
+// between goroutines on the way to the waiting read; FetchRange is a loop
+// over next.
 type rangeStream struct {
 	f      *RangeFetcher
 	ctx    context.Context
