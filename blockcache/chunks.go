@@ -51,6 +51,10 @@ type loader struct {
 	mu       sync.Mutex
 	closed   bool
 	inflight map[[32]byte]*call
+
+	// unstored counts the bytes of verified chunks not yet handed to the
+	// store; unstoredPeak is its high mark.
+	unstored, unstoredPeak atomic.Int64
 }
 
 // call is one chunk being fetched; every reader that needs it waits on
@@ -540,6 +544,11 @@ func (l *loader) wake(c *call, data []byte, err error) {
 	if err == nil && c.fg.Load() {
 		l.store.hot.put(d, data)
 	}
+	if err == nil {
+		n := l.unstored.Add(int64(len(data)))
+		for p := l.unstoredPeak.Load(); n > p && !l.unstoredPeak.CompareAndSwap(p, n); p = l.unstoredPeak.Load() {
+		}
+	}
 	if err != nil {
 		l.forget(d, c)
 	}
@@ -565,6 +574,7 @@ func (l *loader) finish(ctx context.Context, c *call) {
 		if perr := l.store.put(ctx, d, c.data, c.fg.Load()); perr != nil {
 			zerolog.Ctx(ctx).Debug().Err(perr).Int("chunk", c.index).Msg("chunk served but not cached")
 		}
+		l.unstored.Add(-int64(len(c.data)))
 	}
 	l.forget(d, c)
 	close(c.stored)
