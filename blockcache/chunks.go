@@ -339,13 +339,12 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 		return
 	}
 	defer s.close()
-	a := &arrival{s: s}
 	// Send the request (and wait for its first bytes) before the decoder
 	// is reset and the chunk's output buffer allocated, so that work is
 	// done while the answer is on its way rather than before it is asked
 	// for. An error here comes back from the first read of the first
 	// chunk.
-	_ = a.wait(1)
+	_ = s.fill(1)
 	// end finishes the fetch, counts it if it completed, and gives back
 	// its slot; once only.
 	ended := false
@@ -354,7 +353,7 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 			return
 		}
 		ended = true
-		if a.wait(int64(len(raw))) == nil {
+		if s.fill(len(raw)) == nil {
 			l.countFetch(&g.fg, int64(len(raw)))
 		}
 		s.close()
@@ -365,12 +364,12 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 		ch := l.ix.Chunks[c.index]
 		start := int64(ch.Offset) - g.off
 		stop := start + int64(ch.Length)
-		data, err := l.decodeStream(dec, c.index, a.section(start, stop))
+		data, err := l.decodeStream(dec, c.index, s.section(start, stop))
 		if err == nil {
 			l.wake(c, data, nil)
 			continue
 		}
-		if ferr := a.wait(stop); ferr != nil {
+		if ferr := s.fill(int(stop)); ferr != nil {
 			l.wake(c, nil, ferr) // the fetch failed before this chunk was in
 			continue
 		}
@@ -394,7 +393,7 @@ func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetche
 		return err
 	}
 	defer s.close()
-	if err := (&arrival{s: s}).wait(int64(len(dst))); err != nil {
+	if err := s.fill(len(dst)); err != nil {
 		return err
 	}
 	l.countFetch(fg, int64(len(dst)))
@@ -437,44 +436,6 @@ func (l *loader) decodeStream(dec *zstd.Decoder, i int, r io.Reader) ([]byte, er
 		return nil, fmt.Errorf("chunk %d (sha256:%x): %w", i, ch.Digest, ErrChunkCorrupt)
 	}
 	return data, nil
-}
-
-// arrival is a range being fetched by a rangeStream: readers of a section
-// pull its bytes in, on their own goroutine.
-type arrival struct {
-	s *rangeStream
-}
-
-// wait pulls bytes in until dst[:end] is in, or returns why it cannot be.
-func (a *arrival) wait(end int64) error {
-	for int64(a.s.filled) < end {
-		if err := a.s.next(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// section reads dst[start:end] as it arrives.
-func (a *arrival) section(start, end int64) io.Reader {
-	return &arrivalReader{a: a, pos: start, end: end}
-}
-
-type arrivalReader struct {
-	a        *arrival
-	pos, end int64
-}
-
-func (r *arrivalReader) Read(p []byte) (int, error) {
-	if r.pos >= r.end {
-		return 0, io.EOF
-	}
-	if err := r.a.wait(r.pos + 1); err != nil {
-		return 0, err
-	}
-	n := copy(p, r.a.s.dst[r.pos:min(int64(r.a.s.filled), r.end)])
-	r.pos += int64(n)
-	return n, nil
 }
 
 // fetchRange waits for a slot at priority fg, then fetches with the fetch

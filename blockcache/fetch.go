@@ -143,10 +143,8 @@ func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, er
 		return nil, err
 	}
 	defer s.close()
-	for s.filled < len(b) {
-		if err := s.next(); err != nil {
-			return nil, err
-		}
+	if err := s.fill(len(b)); err != nil {
+		return nil, err
 	}
 	return b, nil
 }
@@ -156,8 +154,8 @@ func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, er
 // any retry (for the bytes not yet had) with backoff, as it goes. The
 // loader decodes a chunk by pulling its bytes through next, so they are
 // decoded and hashed by the goroutine that receives them, with no hand-off
-// between goroutines on the way to the waiting read; FetchRange is a loop
-// over next.
+// between goroutines on the way to the waiting read; FetchRange is one
+// fill.
 type rangeStream struct {
 	f      *RangeFetcher
 	ctx    context.Context
@@ -220,6 +218,38 @@ func (s *rangeStream) next() error {
 			return nil
 		}
 	}
+}
+
+// fill reads until dst[:end] is in, or returns why it cannot be.
+func (s *rangeStream) fill(end int) error {
+	for s.filled < end {
+		if err := s.next(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// section reads dst[start:end] as it arrives, pulling it in through next.
+func (s *rangeStream) section(start, end int64) io.Reader {
+	return &sectionReader{s: s, pos: start, end: end}
+}
+
+type sectionReader struct {
+	s        *rangeStream
+	pos, end int64
+}
+
+func (r *sectionReader) Read(p []byte) (int, error) {
+	if r.pos >= r.end {
+		return 0, io.EOF
+	}
+	if err := r.s.fill(int(r.pos) + 1); err != nil {
+		return 0, err
+	}
+	n := copy(p, r.s.dst[r.pos:min(int64(r.s.filled), r.end)])
+	r.pos += int64(n)
+	return n, nil
 }
 
 // backoff decides whether the attempt that just failed (s.last) is
