@@ -220,6 +220,19 @@ wait_nbd() {
 	die "$name did not serve $uri within 120 s"
 }
 
+# wait_addr FILE PID NAME: wait until the server NAME (PID) has written the
+# address it listens on to FILE, and print it.
+wait_addr() {
+	local file="$1" pid="$2" name="$3" i
+	for ((i = 0; i < 100; i++)); do
+		[[ -s "$file" ]] && break
+		kill -0 "$pid" 2>/dev/null || { cat "$logs/$name.log" >&2; die "$name exited"; }
+		sleep 0.1
+	done
+	[[ -s "$file" ]] || die "$name wrote no address to $file within 10 s"
+	cat "$file"
+}
+
 # median: of the numbers on stdin (one per line)
 median() {
 	sort -g | awk '{v[NR] = $1} END {
@@ -433,12 +446,7 @@ if has_phase cold; then
 	bg throttleproxy "$work/throttleproxy" --listen 127.0.0.1:0 --upstream "http://$REGISTRY_ADDR" \
 		--rtt "$RTT" --bandwidth "$BANDWIDTH" --addr-file "$work/proxy.addr"
 	proxy_pid=$BG_PID
-	for ((i = 0; i < 100; i++)); do
-		[[ -s "$work/proxy.addr" ]] && break
-		kill -0 "$proxy_pid" 2>/dev/null || { cat "$logs/throttleproxy.log" >&2; die "throttleproxy exited"; }
-		sleep 0.1
-	done
-	PROXY_ADDR="$(cat "$work/proxy.addr")"
+	PROXY_ADDR="$(wait_addr "$work/proxy.addr" "$proxy_pid" throttleproxy)" || exit 1
 	proxy_stats() { curl -fsS "http://$PROXY_ADDR/_stats"; }
 	proxy_stats >/dev/null || die "throttleproxy does not answer on $PROXY_ADDR"
 
@@ -454,12 +462,7 @@ if has_phase cold; then
 		die "building bench/fio/memregistry failed"
 	bg memregistry "$work/memregistry" --listen 127.0.0.1:0 --addr-file "$work/memreg.addr"
 	memreg_pid=$BG_PID
-	for ((i = 0; i < 100; i++)); do
-		[[ -s "$work/memreg.addr" ]] && break
-		kill -0 "$memreg_pid" 2>/dev/null || { cat "$logs/memregistry.log" >&2; die "memregistry exited"; }
-		sleep 0.1
-	done
-	MEMREG_ADDR="$(cat "$work/memreg.addr")"
+	MEMREG_ADDR="$(wait_addr "$work/memreg.addr" "$memreg_pid" memregistry)" || exit 1
 	for cs in "${sizes[@]}"; do
 		tag="$(tag_of "$cs")"
 		skopeo copy -q --src-tls-verify=false --dest-tls-verify=false \
@@ -474,14 +477,10 @@ if has_phase cold; then
 	bg throttleproxy-mem "$work/throttleproxy" --listen 127.0.0.1:0 --upstream "http://$MEMREG_ADDR" \
 		--rtt "$RTT" --bandwidth "$BANDWIDTH" --addr-file "$work/proxy-mem.addr"
 	proxy_mem_pid=$BG_PID
-	for ((i = 0; i < 100; i++)); do
-		[[ -s "$work/proxy-mem.addr" ]] && break
-		kill -0 "$proxy_mem_pid" 2>/dev/null || { cat "$logs/throttleproxy-mem.log" >&2; die "throttleproxy (memregistry) exited"; }
-		sleep 0.1
-	done
 	declare -A origin_proxy origin_direct
 	origin_proxy[dreg]="$PROXY_ADDR" origin_direct[dreg]="$REGISTRY_ADDR"
-	origin_proxy[mem]="$(cat "$work/proxy-mem.addr")" origin_direct[mem]="$MEMREG_ADDR"
+	origin_proxy[mem]="$(wait_addr "$work/proxy-mem.addr" "$proxy_mem_pid" throttleproxy-mem)" || exit 1
+	origin_direct[mem]="$MEMREG_ADDR"
 	origins=(dreg mem)
 
 	"$PY" "$here/coldread.py" offsets "$nblocks" "$SAMPLE_FRACTION" "$SEED" >"$data/sample.offsets"
