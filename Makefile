@@ -21,7 +21,7 @@ TEST_TIMEOUT  ?= 60m
 TEST_FLAGS    ?=
 # Fuzz targets run briefly by `make test`, as "PACKAGE:FuzzName" entries
 # (space-separated). Add each new Fuzz* function here.
-FUZZ          ?= ./imageconv:FuzzParseIndex ./nbdserver:FuzzHandshake ./nbdserver:FuzzRequests
+FUZZ          ?= ./imageconv/artifact:FuzzParseIndex ./nbdserver:FuzzHandshake ./nbdserver:FuzzRequests
 FUZZTIME      ?= 15s
 
 .PHONY: help

@@ -14,7 +14,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/rs/zerolog"
-	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // ErrChunkCorrupt means a chunk fetched twice did not decompress to bytes
@@ -36,7 +36,7 @@ type streamFetcher interface {
 // fetched with one range request per run of chunks adjacent in the data
 // blob, with at most one fetch per chunk in flight.
 type loader struct {
-	ix           *imageconv.Index
+	ix           *artifact.Index
 	fetch        rangeFetcher
 	store        *Store
 	dec          *zstd.Decoder

@@ -4,7 +4,7 @@
 // local content-addressed cache. It knows nothing of NBD: an *Image is a
 // backend (io.ReaderAt plus Size) that a block-device server reads from.
 //
-// Terms (see also imageconv):
+// Terms (see also package artifact, imageconv/artifact):
 //
 //   - image: here, the flattened ext4 image an artifact describes; an *Image
 //     serves its bytes.
@@ -20,7 +20,7 @@
 //   - foreground: fetches a read waits for; background: prefetch of a
 //     profile's chunks and then of the rest of the image, which always
 //     yields to foreground fetches.
-//   - profile: the chunks a recorded start read, in order (see Profile).
+//   - profile: the chunks a recorded start read, in order (see artifact.Profile).
 //
 // The layers, one per file, each adding one thing:
 //
@@ -34,6 +34,11 @@
 //	             in-memory layer
 //	image.go     Image: io.ReaderAt over the loader, per-read deadline
 //	prefetch.go  profile first, then everything at a bounded rate
-//	             (ratelimit.go); profile.go the profile blob format
+//	             (ratelimit.go); recorder.go notes the order reads touch
+//	             chunks (the profile format is package artifact's)
 //	stats.go     per-image counters and the fault latency histogram
+//	defaults.go  the defaults the commands and the agent config share
+//
+// Package source (blockcache/source) opens images by reference on top of
+// this, for sluice serve and the agent.
 package blockcache

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/test/testutil"
 )
 
@@ -33,7 +34,7 @@ import (
 type fixture struct {
 	reg  http.Handler
 	repo string // repository name, without host
-	art  *imageconv.Artifact
+	art  *artifact.Artifact
 	want []byte
 	blob []byte
 }
@@ -115,7 +116,7 @@ func buildFixture() (*fixture, error) {
 	if _, err := imageconv.Convert(ctx, ref, append(opts, imageconv.WithChunkSize(64<<10))...); err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
-	if f.art, err = imageconv.Lookup(ctx, ref, opts...); err != nil {
+	if f.art, err = artifact.Lookup(ctx, ref, artifact.WithPlainHTTP()); err != nil {
 		return nil, fmt.Errorf("lookup: %w", err)
 	}
 	out := filepath.Join(work, "image.ext4")
@@ -161,7 +162,7 @@ type env struct {
 	t      *testing.T
 	f      *fixture
 	faults *faultHandler
-	art    *imageconv.Artifact
+	art    *artifact.Artifact
 	store  *Store
 }
 
@@ -195,7 +196,8 @@ func openStore(t *testing.T, dir string, limit int64, opts ...StoreOption) *Stor
 func (e *env) open(opts ...Option) *Image {
 	e.t.Helper()
 	fast := WithFetchOptions(WithBackoff(Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Factor: 2}))
-	im, err := Open(context.Background(), e.art, e.store, append([]Option{fast, WithReadTimeout(20 * time.Second)}, opts...)...)
+	// No background fetch unless a test asks for it: most count bytes.
+	im, err := Open(context.Background(), e.art, e.store, append([]Option{fast, WithReadTimeout(20 * time.Second), WithBackgroundRate(0)}, opts...)...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

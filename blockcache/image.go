@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // ErrTimeout means a read could not be served within the read timeout,
@@ -21,8 +21,8 @@ var ErrTimeout = errors.New("read timed out")
 // copies. It satisfies io.ReaderAt plus Size, the block-device backend
 // interface, and is safe for concurrent use.
 type Image struct {
-	art     *imageconv.Artifact
-	ix      *imageconv.Index
+	art     *artifact.Artifact
+	ix      *artifact.Index
 	store   *Store
 	fetcher *RangeFetcher
 	loader  *loader
@@ -49,7 +49,7 @@ var _ interface {
 // image reads with the registry down. It starts, in the background, the
 // registry client (ping, token, a kept-alive connection), so the first
 // fault pays only its own range request; and prefetch, if any.
-func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Option) (*Image, error) {
+func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Option) (*Image, error) {
 	if art == nil || art.Index == nil {
 		return nil, errors.New("open image: artifact without an index")
 	}
@@ -57,7 +57,7 @@ func Open(ctx context.Context, art *imageconv.Artifact, store *Store, opts ...Op
 		return nil, errors.New("open image: no chunk store")
 	}
 	if art.Data.Size != art.Index.DataSize {
-		return nil, fmt.Errorf("open image %s: data blob is %d bytes, index says %d: %w", art.Descriptor.Digest, art.Data.Size, art.Index.DataSize, imageconv.ErrBadIndex)
+		return nil, fmt.Errorf("open image %s: data blob is %d bytes, index says %d: %w", art.Descriptor.Digest, art.Data.Size, art.Index.DataSize, artifact.ErrBadIndex)
 	}
 	cfg := defaultImageConfig()
 	for _, o := range opts {
@@ -291,10 +291,10 @@ func (im *Image) record(first, last int) {
 
 // Recorded returns the chunks reads have touched so far, in the order they
 // were first read: a profile for the next start of this image.
-func (im *Image) Recorded() Profile {
+func (im *Image) Recorded() artifact.Profile {
 	im.recMu.Lock()
 	defer im.recMu.Unlock()
-	return Profile{ChunkSize: im.ix.ChunkSize, Chunks: append([]int(nil), im.rec.order...)}
+	return artifact.Profile{ChunkSize: im.ix.ChunkSize, Chunks: append([]int(nil), im.rec.order...)}
 }
 
 // Stats returns a snapshot of the image's statistics.

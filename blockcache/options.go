@@ -1,6 +1,10 @@
 package blockcache
 
-import "time"
+import (
+	"time"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
+)
 
 // Option configures Open.
 type Option func(*imageConfig)
@@ -9,7 +13,7 @@ type imageConfig struct {
 	readTimeout      time.Duration
 	concurrency      int
 	maxRange         int64
-	profile          *Profile
+	profile          *artifact.Profile
 	artifactProfile  bool
 	rate             int64
 	burst            int64
@@ -20,29 +24,31 @@ type imageConfig struct {
 
 func defaultImageConfig() imageConfig {
 	return imageConfig{
-		readTimeout:     30 * time.Second,
-		concurrency:     4,
-		maxRange:        4 << 20,
+		readTimeout:     DefaultReadTimeout,
+		concurrency:     DefaultConcurrency,
+		maxRange:        DefaultMaxRange,
 		artifactProfile: true,
+		rate:            DefaultBackgroundRate,
 	}
 }
 
 // WithReadTimeout bounds each ReadAt; a read that cannot be served in time
-// fails with an error wrapping ErrTimeout (default 30 s). Fetches a timed
+// fails with an error wrapping ErrTimeout (default DefaultReadTimeout). Fetches a timed
 // out read started go on, so the next read may find the chunk. 0 means
 // no deadline: a read waits as long as the registry stays down.
 func WithReadTimeout(d time.Duration) Option { return func(c *imageConfig) { c.readTimeout = d } }
 
-// WithConcurrency bounds the range requests in flight (default 4).
+// WithConcurrency bounds the range requests in flight (default
+// DefaultConcurrency).
 func WithConcurrency(n int) Option { return func(c *imageConfig) { c.concurrency = max(n, 1) } }
 
 // WithMaxRange bounds the bytes one coalesced range request asks for
-// (default 4 MiB; a single bigger chunk is still fetched whole).
+// (default DefaultMaxRange; a single bigger chunk is still fetched whole).
 func WithMaxRange(n int64) Option { return func(c *imageConfig) { c.maxRange = max(n, 1) } }
 
 // WithProfile prefetches the profile's chunks first, in its order, instead
 // of the artifact's own profile blob.
-func WithProfile(p Profile) Option { return func(c *imageConfig) { c.profile = &p } }
+func WithProfile(p artifact.Profile) Option { return func(c *imageConfig) { c.profile = &p } }
 
 // WithArtifactProfile says whether to fetch and follow the artifact's
 // profile blob when no WithProfile is given (default true).
@@ -50,8 +56,8 @@ func WithArtifactProfile(on bool) Option { return func(c *imageConfig) { c.artif
 
 // WithBackgroundRate fetches every chunk not yet cached in the background,
 // after the profile, at bytesPerSecond of compressed data with bursts of one
-// range (default 0: no background fetch beyond the profile). Background
-// fetches always yield to reads.
+// range (default DefaultBackgroundRate; 0: no background fetch beyond the
+// profile). Background fetches always yield to reads.
 func WithBackgroundRate(bytesPerSecond int64) Option {
 	return func(c *imageConfig) { c.rate = bytesPerSecond }
 }

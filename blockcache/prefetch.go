@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // passBackoff spaces out passes over chunks whose background fetch failed;
@@ -126,23 +128,23 @@ func (im *Image) nextGroup(order []int, pos int, seen map[[32]byte]bool) ([]int,
 }
 
 // fetchProfile fetches and checks the artifact's profile blob.
-func (im *Image) fetchProfile(ctx context.Context) (Profile, error) {
+func (im *Image) fetchProfile(ctx context.Context) (artifact.Profile, error) {
 	d := *im.art.Profile
-	if limit := int64(profileHeaderSize + 4*len(im.ix.Chunks)); d.Size <= 0 || d.Size > limit {
-		return Profile{}, fmt.Errorf("profile blob %s: %w: %d bytes for %d chunks", d.Digest, ErrBadProfile, d.Size, len(im.ix.Chunks))
+	if limit := artifact.MaxProfileSize(len(im.ix.Chunks)); d.Size <= 0 || d.Size > limit {
+		return artifact.Profile{}, fmt.Errorf("profile blob %s: %w: %d bytes for %d chunks", d.Digest, artifact.ErrBadProfile, d.Size, len(im.ix.Chunks))
 	}
 	ctx, cancel := withTimeout(ctx, im.cfg.readTimeout)
 	defer cancel()
 	b, err := NewRangeFetcher(im.art.Repo, d, im.cfg.fetchOpts...).FetchRange(ctx, 0, d.Size)
 	if err != nil {
-		return Profile{}, err
+		return artifact.Profile{}, err
 	}
 	if sum := sha256.Sum256(b); d.Digest.Algorithm != "sha256" || hex.EncodeToString(sum[:]) != d.Digest.Hex {
-		return Profile{}, fmt.Errorf("profile blob %s: %w: digest mismatch", d.Digest, ErrBadProfile)
+		return artifact.Profile{}, fmt.Errorf("profile blob %s: %w: digest mismatch", d.Digest, artifact.ErrBadProfile)
 	}
-	p, err := ParseProfile(b)
+	p, err := artifact.ParseProfile(b)
 	if err != nil {
-		return Profile{}, fmt.Errorf("profile blob %s: %w", d.Digest, err)
+		return artifact.Profile{}, fmt.Errorf("profile blob %s: %w", d.Digest, err)
 	}
 	return p, nil
 }

@@ -13,7 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // waitFor polls cond for up to a generous deadline: a liveness bound, not
@@ -76,7 +76,7 @@ func TestProfileFetchedFirstInOrder(t *testing.T) {
 		prof = append(prof, e.f.storedChunk(t, k))
 	}
 	prof = append(prof, -1, len(e.art.Index.Chunks)+5) // ignored
-	im := e.open(WithProfile(Profile{ChunkSize: e.art.Index.ChunkSize, Chunks: prof}))
+	im := e.open(WithProfile(artifact.Profile{ChunkSize: e.art.Index.ChunkSize, Chunks: prof}))
 	cs := e.art.Index.Chunks
 	waitFor(t, "the profile", func() bool { return e.store.Has(cs[prof[5]].Digest) })
 	gets, ranges := e.faults.counts()
@@ -95,16 +95,16 @@ func TestProfileFetchedFirstInOrder(t *testing.T) {
 func TestArtifactProfile(t *testing.T) {
 	e := newEnv(t)
 	i := e.f.storedChunk(t, 12)
-	raw, err := Profile{ChunkSize: e.art.Index.ChunkSize, Chunks: []int{i}}.MarshalBinary()
+	raw, err := artifact.Profile{ChunkSize: e.art.Index.ChunkSize, Chunks: []int{i}}.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := static.NewLayer(raw, imageconv.ProfileMediaType)
+	l := static.NewLayer(raw, artifact.ProfileMediaType)
 	if err := remote.WriteLayer(e.art.Repo, l); err != nil {
 		t.Fatal(err)
 	}
 	d, _ := l.Digest()
-	e.art.Profile = &v1.Descriptor{MediaType: imageconv.ProfileMediaType, Digest: d, Size: int64(len(raw))}
+	e.art.Profile = &v1.Descriptor{MediaType: artifact.ProfileMediaType, Digest: d, Size: int64(len(raw))}
 	e.open()
 	waitFor(t, "the artifact's profile", func() bool { return e.store.Has(e.art.Index.Chunks[i].Digest) })
 }

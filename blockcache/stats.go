@@ -91,3 +91,51 @@ type counters struct {
 }
 
 func newCounters() *counters { return &counters{faultLatency: newHistogram(FaultLatencyBounds)} }
+
+// Add adds the counters of o (bytes, fetches, cache lookups, reads and
+// fault latencies) to s, for totals over several images. Geometry and
+// progress fields stay as they are.
+func (s *Stats) Add(o Stats) {
+	s.BytesFetched += o.BytesFetched
+	s.BackgroundBytes += o.BackgroundBytes
+	s.Fetches += o.Fetches
+	s.CacheHits += o.CacheHits
+	s.CacheMisses += o.CacheMisses
+	s.CorruptChunks += o.CorruptChunks
+	s.Reads += o.Reads
+	s.ReadErrors += o.ReadErrors
+	s.Timeouts += o.Timeouts
+	s.FaultLatency.Add(o.FaultLatency)
+}
+
+// Add adds o's observations to h; both must have the same bounds (an h
+// without bounds takes o's).
+func (h *Histogram) Add(o Histogram) {
+	if h.Bounds == nil {
+		h.Bounds = o.Bounds
+	}
+	if h.Counts == nil {
+		h.Counts = make([]uint64, len(h.Bounds)+1)
+	}
+	for i, c := range o.Counts {
+		if i < len(h.Counts) {
+			h.Counts[i] += c
+		}
+	}
+	h.Count += o.Count
+	h.Sum += o.Sum
+}
+
+// Cumulative returns the buckets as Prometheus counts them: upper bound in
+// seconds -> observations at most that long (the total count is +Inf's).
+func (h Histogram) Cumulative() map[float64]uint64 {
+	buckets := make(map[float64]uint64, len(h.Bounds))
+	var cum uint64
+	for i, b := range h.Bounds {
+		if i < len(h.Counts) {
+			cum += h.Counts[i]
+		}
+		buckets[b.Seconds()] = cum
+	}
+	return buckets
+}

@@ -118,7 +118,8 @@ type StoreOption func(*storeConfig)
 // (default off: torn files are caught by verification).
 func WithFsync(on bool) StoreOption { return func(c *storeConfig) { c.fsync = on } }
 
-// WithHotBytes bounds the in-memory layer (default 64 MiB; 0 disables it).
+// WithHotBytes bounds the in-memory layer (default DefaultHotBytes; 0
+// disables it).
 func WithHotBytes(n int64) StoreOption { return func(c *storeConfig) { c.hotBytes = n } }
 
 // fetchMemory is the bound of range-fetch bytes in flight per store.
@@ -209,7 +210,7 @@ func blocks(n int64) int64 { return (n + blockSize - 1) / blockSize * blockSize 
 // OpenStore opens (creating it if needed) the store in dir, bounded to
 // limit bytes, removing leftovers of a crash and evicting down to the bound.
 func OpenStore(ctx context.Context, dir string, limit int64, opts ...StoreOption) (*Store, error) {
-	cfg := storeConfig{hotBytes: 64 << 20}
+	cfg := storeConfig{hotBytes: DefaultHotBytes}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // zstdLevel is fixed: the encoder is deterministic for a given level, and
@@ -48,8 +50,8 @@ func chunkOrder(n, head, skip int64) func() (int64, bool) {
 // ChunkImage cuts the flattened image in src (size bytes) into chunks,
 // writes each distinct non-zero chunk zstd-compressed to data, and returns
 // the index. Holes in src are recognised without reading them.
-func ChunkImage(ctx context.Context, src *os.File, size, chunkSize int64, data io.Writer, p Progress) (*Index, error) {
-	if err := ValidateChunkSize(chunkSize); err != nil {
+func ChunkImage(ctx context.Context, src *os.File, size, chunkSize int64, data io.Writer, p Progress) (*artifact.Index, error) {
+	if err := artifact.ValidateChunkSize(chunkSize); err != nil {
 		return nil, err
 	}
 	cw := newChunkWriter(chunkSize, data, p)
@@ -66,22 +68,22 @@ type chunkWriter struct {
 	chunkSize int64
 	data      io.Writer
 	p         Progress
-	chunks    []Chunk
+	chunks    []artifact.Chunk
 	done      int64 // chunks processed, in canonical order
-	seen      map[[32]byte]Chunk
+	seen      map[[32]byte]artifact.Chunk
 	off       uint64
 }
 
 func newChunkWriter(chunkSize int64, data io.Writer, p Progress) *chunkWriter {
-	return &chunkWriter{chunkSize: chunkSize, data: data, p: p, seen: map[[32]byte]Chunk{}}
+	return &chunkWriter{chunkSize: chunkSize, data: data, p: p, seen: map[[32]byte]artifact.Chunk{}}
 }
 
 // finish processes every chunk not yet processed, in canonical order.
 func (cw *chunkWriter) finish(ctx context.Context, src *os.File, size, head int64) error {
-	if size%4096 != 0 || size > maxImageSize {
+	if size%4096 != 0 || size > artifact.MaxImageSize {
 		return fmt.Errorf("image size %d is not a multiple of 4096 up to 1 TiB", size)
 	}
-	n := ChunkCount(size, cw.chunkSize)
+	n := artifact.ChunkCount(size, cw.chunkSize)
 	next := chunkOrder(n, head, cw.done)
 	return cw.run(ctx, src, func() (int64, int64, bool) {
 		i, ok := next()
@@ -92,11 +94,11 @@ func (cw *chunkWriter) finish(ctx context.Context, src *os.File, size, head int6
 	})
 }
 
-func (cw *chunkWriter) index(size int64) (*Index, error) {
-	n := ChunkCount(size, cw.chunkSize)
-	ix := &Index{ImageSize: size, ChunkSize: cw.chunkSize, DataSize: int64(cw.off), Chunks: make([]Chunk, n)}
+func (cw *chunkWriter) index(size int64) (*artifact.Index, error) {
+	n := artifact.ChunkCount(size, cw.chunkSize)
+	ix := &artifact.Index{ImageSize: size, ChunkSize: cw.chunkSize, DataSize: int64(cw.off), Chunks: make([]artifact.Chunk, n)}
 	copy(ix.Chunks, cw.chunks)
-	return ix, ix.validate()
+	return ix, ix.Validate()
 }
 
 // run processes the chunks next yields (index and length), in that order:
@@ -206,7 +208,7 @@ func (cw *chunkWriter) run(ctx context.Context, src *os.File, next func() (i, le
 		cw.p.Advance(j.length)
 		cw.done++
 		for int64(len(cw.chunks)) <= j.i {
-			cw.chunks = append(cw.chunks, Chunk{})
+			cw.chunks = append(cw.chunks, artifact.Chunk{})
 		}
 		if j.zero {
 			continue
@@ -218,7 +220,7 @@ func (cw *chunkWriter) run(ctx context.Context, src *os.File, next func() (i, le
 		if _, err := cw.data.Write(j.out); err != nil {
 			return fmt.Errorf("writing data blob: %w", err)
 		}
-		c := Chunk{Digest: j.dgst, Offset: cw.off, Length: uint32(len(j.out))}
+		c := artifact.Chunk{Digest: j.dgst, Offset: cw.off, Length: uint32(len(j.out))}
 		cw.off += uint64(len(j.out))
 		cw.seen[j.dgst] = c
 		cw.chunks[j.i] = c

@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // Summary describes one conversion.
@@ -48,7 +50,7 @@ type Result struct {
 // failure pushes nothing; temporary files are always removed.
 func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error) {
 	o := newOptions(opts)
-	if err := ValidateChunkSize(o.chunkSize); err != nil {
+	if err := artifact.ValidateChunkSize(o.chunkSize); err != nil {
 		return nil, err
 	}
 	ref, desc, err := o.resolve(ctx, image)
@@ -79,7 +81,7 @@ func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error
 		}
 		sum.Elapsed = time.Since(start)
 		builds[i] = b
-		results[i] = Result{Platform: t.platform, Source: t.desc, Artifact: b.digest, Summary: sum}
+		results[i] = Result{Platform: t.platform, Source: t.desc, Artifact: b.manifest.Digest, Summary: sum}
 	}
 	for i, b := range builds {
 		start := time.Now()
@@ -115,7 +117,7 @@ func selectTargets(desc *remote.Descriptor, o *options) ([]target, error) {
 		if p := cf.Platform(); p != nil && p.OS != "" {
 			platform = p.String()
 		}
-		if len(o.platforms) > 0 && (cf.Platform() == nil || !matchesAny(*cf.Platform(), o.platforms)) {
+		if len(o.platforms) > 0 && (cf.Platform() == nil || !artifact.MatchesAny(*cf.Platform(), o.platforms)) {
 			return nil, fmt.Errorf("the image is for platform %q, not one of those asked for", platform)
 		}
 		return []target{{desc: desc.Descriptor, platform: platform, image: img}}, nil
@@ -129,7 +131,7 @@ func selectTargets(desc *remote.Descriptor, o *options) ([]target, error) {
 		return nil, err
 	}
 	var ts []target
-	for _, m := range platformManifests(im, o.platforms) {
+	for _, m := range artifact.PlatformManifests(im, o.platforms) {
 		img, err := idx.Image(m.Digest)
 		if err != nil {
 			return nil, err
@@ -140,33 +142,6 @@ func selectTargets(desc *remote.Descriptor, o *options) ([]target, error) {
 		return nil, fmt.Errorf("the index has no image for the platforms asked for")
 	}
 	return ts, nil
-}
-
-// platformManifests returns the image manifests of an index that are for
-// one of the platforms want (any platform if want is empty), in index
-// order. Nested indexes and attestations (platform unknown/unknown) are
-// never converted, so they are left out.
-func platformManifests(im *v1.IndexManifest, want []v1.Platform) []v1.Descriptor {
-	var ms []v1.Descriptor
-	for _, m := range im.Manifests {
-		if !m.MediaType.IsImage() || m.Platform == nil || m.Platform.OS == "unknown" {
-			continue
-		}
-		if len(want) > 0 && !matchesAny(*m.Platform, want) {
-			continue
-		}
-		ms = append(ms, m)
-	}
-	return ms
-}
-
-func matchesAny(p v1.Platform, want []v1.Platform) bool {
-	for _, w := range want {
-		if p.Satisfies(w) {
-			return true
-		}
-	}
-	return false
 }
 
 // buildOne flattens and chunks one image into dir.
@@ -193,7 +168,7 @@ func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o
 		return nil, sum, err
 	}
 	defer ext4.Close()
-	b := &built{platform: t.platform, subject: t.desc, dataPath: filepath.Join(dir, "data")}
+	b := &built{platform: t.platform, dataPath: filepath.Join(dir, "data")}
 	data, err := newBlobFile(b.dataPath)
 	if err != nil {
 		return nil, sum, err
@@ -241,19 +216,39 @@ func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o
 	ext4.Close()
 	os.Remove(ext4Path)
 
-	b.data = v1.Descriptor{MediaType: DataMediaType, Size: ix.DataSize, Digest: dataDigest}
-	if b.index, err = ix.MarshalBinary(); err != nil {
+	dataDesc := v1.Descriptor{MediaType: artifact.DataMediaType, Size: ix.DataSize, Digest: dataDigest}
+	if b.manifest, err = artifact.NewManifest(ix, dataDesc, t.desc, t.platform); err != nil {
 		return nil, sum, err
 	}
-	if err := buildManifest(b, ix); err != nil {
-		return nil, sum, err
-	}
-	sum.ArtifactSize = int64(len(b.manifest)) + int64(len(b.index)) + ix.DataSize
+	sum.ArtifactSize = int64(len(b.manifest.Raw)) + int64(len(b.manifest.Index)) + ix.DataSize
 	sum.ChunkSize = ix.ChunkSize
 	sum.Chunks = len(ix.Chunks)
 	sum.ZeroChunks = ix.ZeroChunks()
 	sum.UniqueChunks = len(cw.seen) // each distinct digest is stored once
 	return b, sum, nil
+}
+
+// built is one converted platform, ready to push.
+type built struct {
+	platform string
+	dataPath string // the data blob
+	manifest *artifact.Manifest
+}
+
+// push uploads b into repo, showing the data blob's progress.
+func push(ctx context.Context, repo name.Repository, b *built, o *options) error {
+	o.progress.Phase("pushing "+b.platform, b.manifest.Data.Size)
+	openData := func() (io.ReadCloser, error) {
+		f, err := os.Open(b.dataPath)
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{&progressReader{ctx: ctx, r: f, p: o.progress}, f}, nil
+	}
+	return artifact.Push(ctx, repo, b.manifest, openData, o.registry...)
 }
 
 // blobFile writes a blob to a file, hashing it, and can start over.

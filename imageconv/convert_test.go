@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/sluice-project/sluice/test/testutil"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 func TestConvertExportRoundTrip(t *testing.T) {
@@ -25,7 +27,7 @@ func TestConvertExportRoundTrip(t *testing.T) {
 	if r1.Artifact != r2.Artifact {
 		t.Fatalf("not deterministic: %s then %s", r1.Artifact, r2.Artifact)
 	}
-	a, err := Lookup(context.Background(), ref, WithPlainHTTP())
+	a, err := artifact.Lookup(context.Background(), ref, artifact.WithPlainHTTP())
 	if err != nil {
 		t.Fatal(err)
 	}

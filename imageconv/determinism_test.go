@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/sluice-project/sluice/test/testutil"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // randomTree returns a layer's entries: n files of pseudo-random content.
@@ -26,7 +28,7 @@ func randomTree(seed uint64, dir string, n int) []entry {
 }
 
 // sharedChunks returns the fraction of b's stored chunks that a has too.
-func sharedChunks(a, b *Index) float64 {
+func sharedChunks(a, b *artifact.Index) float64 {
 	have := map[[32]byte]bool{}
 	for _, c := range a.Chunks {
 		have[c.Digest] = true
@@ -68,8 +70,8 @@ func TestDeterministicAndSharedBase(t *testing.T) {
 	if r1.Artifact != r2.Artifact {
 		t.Fatalf("converting the same image gave %s and %s", r1.Artifact, r2.Artifact)
 	}
-	lookup := func(ref string) *Index {
-		a, err := Lookup(context.Background(), ref, WithPlainHTTP())
+	lookup := func(ref string) *artifact.Index {
+		a, err := artifact.Lookup(context.Background(), ref, artifact.WithPlainHTTP())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,5 +1,7 @@
-// Package imageconv turns an OCI image into a streamable sluice artifact and
-// reads such artifacts back.
+// Package imageconv turns an OCI image into a streamable sluice artifact
+// (the converter), and reassembles an artifact into its ext4 image
+// (Export). The artifact format itself, which the node side reads too,
+// is package artifact.
 //
 // Terms used throughout sluice:
 //
@@ -11,12 +13,12 @@
 //   - chunk: a fixed-size, power-of-two run of blocks, the unit fetched from
 //     the registry, verified and cached; addressed by the sha256 of its
 //     uncompressed bytes. All-zero chunks are not stored.
-//   - index blob: the geometry and the chunk table (see FORMAT.md).
+//   - index blob: the geometry and the chunk table (see artifact/FORMAT.md).
 //   - data blob: the zstd-compressed chunks, back to back.
 //   - artifact: an OCI manifest whose layers are the index and data blobs and
 //     whose subject is the source image's manifest, found through the
 //     referrers API.
 //
-// Convert does the whole job; Flatten, ChunkImage and the index codec are usable
-// on their own.
+// Convert does the whole job; Flatten and ChunkImage are usable on their
+// own.
 package imageconv

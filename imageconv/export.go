@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // ErrChunkDigest means a chunk's bytes do not match its digest.
@@ -23,7 +25,7 @@ var ErrChunkDigest = errors.New("chunk does not match its digest")
 // On error the partial file is removed.
 func Export(ctx context.Context, image, dst string, opts ...Option) (err error) {
 	o := newOptions(opts)
-	a, err := Lookup(ctx, image, opts...)
+	a, err := artifact.Lookup(ctx, image, o.lookupOptions()...)
 	if err != nil {
 		return err
 	}
@@ -62,7 +64,7 @@ func Export(ctx context.Context, image, dst string, opts ...Option) (err error) 
 
 // writeChunks reads the data blob in order and writes every chunk to the
 // image offsets that use it, after checking its digest.
-func writeChunks(ix *Index, r io.Reader, w io.WriterAt) error {
+func writeChunks(ix *artifact.Index, r io.Reader, w io.WriterAt) error {
 	users := map[uint64][]int{}
 	var offsets []uint64
 	for i, c := range ix.Chunks {
@@ -85,7 +87,7 @@ func writeChunks(ix *Index, r io.Reader, w io.WriterAt) error {
 	for _, off := range offsets {
 		first := ix.Chunks[users[off][0]]
 		if off < pos {
-			return fmt.Errorf("%w: chunks overlap at offset %d", ErrBadIndex, off)
+			return fmt.Errorf("%w: chunks overlap at offset %d", artifact.ErrBadIndex, off)
 		}
 		if _, err := io.CopyN(io.Discard, r, int64(off-pos)); err != nil {
 			return err

@@ -18,6 +18,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 // ErrLayerDigest is returned when a layer's bytes do not match its digest
@@ -258,7 +260,7 @@ func writeExt4(ctx context.Context, spools []string, acts [][]*action, w *sparse
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	err := tar2ext4.ConvertTarToExt4(pr, w, tar2ext4.MaximumDiskSize(maxImageSize))
+	err := tar2ext4.ConvertTarToExt4(pr, w, tar2ext4.MaximumDiskSize(artifact.MaxImageSize))
 	pr.CloseWithError(errors.New("ext4 writer stopped"))
 	if werr := <-done; werr != nil {
 		return werr

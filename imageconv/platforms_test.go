@@ -17,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/sluice-project/sluice/test/testutil"
+
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 func platformImage(t *testing.T, arch, body string) v1.Image {
@@ -48,7 +50,7 @@ func TestConvertMultiPlatform(t *testing.T) {
 	ctx := context.Background()
 
 	// Only one platform when asked.
-	only, err := ParsePlatforms("linux/arm64")
+	only, err := artifact.ParsePlatforms("linux/arm64")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +58,7 @@ func TestConvertMultiPlatform(t *testing.T) {
 	if err != nil || len(rs) != 1 || rs[0].Platform != "linux/arm64/v8" {
 		t.Fatalf("Convert --platform linux/arm64: %+v, %v", rs, err)
 	}
-	if _, err := Lookup(ctx, ref, WithPlainHTTP()); err == nil {
+	if _, err := artifact.Lookup(ctx, ref, artifact.WithPlainHTTP()); err == nil {
 		t.Fatal("amd64 has an artifact although only arm64 was converted")
 	}
 
@@ -69,8 +71,8 @@ func TestConvertMultiPlatform(t *testing.T) {
 		platform string
 		img      v1.Image
 	}{{"linux/amd64", amd}, {"linux/arm64", arm}} {
-		ps, _ := ParsePlatforms(want.platform)
-		a, err := Lookup(ctx, ref, WithPlainHTTP(), WithPlatforms(ps...))
+		ps, _ := artifact.ParsePlatforms(want.platform)
+		a, err := artifact.Lookup(ctx, ref, artifact.WithPlainHTTP(), artifact.WithPlatform(ps[0]))
 		if err != nil {
 			t.Fatalf("%s: %v", want.platform, err)
 		}
@@ -82,7 +84,7 @@ func TestConvertMultiPlatform(t *testing.T) {
 			t.Errorf("%s: artifact says platform %q", want.platform, a.Platform)
 		}
 		// By manifest digest, as the agent looks it up from CRI's labels.
-		m, err := LookupManifest(ctx, ref, d.String(), WithPlainHTTP())
+		m, err := artifact.LookupManifest(ctx, ref, d.String(), artifact.WithPlainHTTP())
 		if err != nil {
 			t.Fatalf("%s: LookupManifest: %v", want.platform, err)
 		}
@@ -90,10 +92,10 @@ func TestConvertMultiPlatform(t *testing.T) {
 			t.Errorf("%s: LookupManifest found %s, Lookup %s", want.platform, m.Descriptor.Digest, a.Descriptor.Digest)
 		}
 	}
-	if _, err := LookupManifest(ctx, ref, "sha256:"+strings.Repeat("0", 64), WithPlainHTTP()); !errors.Is(err, ErrNoArtifact) {
+	if _, err := artifact.LookupManifest(ctx, ref, "sha256:"+strings.Repeat("0", 64), artifact.WithPlainHTTP()); !errors.Is(err, artifact.ErrNoArtifact) {
 		t.Errorf("LookupManifest of an unknown manifest: %v, want ErrNoArtifact", err)
 	}
-	if _, err := LookupManifest(ctx, ref, "sha256:nothex", WithPlainHTTP()); err == nil || !strings.Contains(err.Error(), "manifest digest") {
+	if _, err := artifact.LookupManifest(ctx, ref, "sha256:nothex", artifact.WithPlainHTTP()); err == nil || !strings.Contains(err.Error(), "manifest digest") {
 		t.Errorf("LookupManifest of a malformed digest: %v", err)
 	}
 	if rs[0].Artifact == rs[1].Artifact {
@@ -126,7 +128,7 @@ func TestLookupSkipsNestedIndex(t *testing.T) {
 	if err != nil || len(rs) != 1 {
 		t.Fatalf("Convert: %+v, %v", rs, err)
 	}
-	a, err := Lookup(ctx, ref, WithPlainHTTP(), WithPlatforms(*amdPlatform))
+	a, err := artifact.Lookup(ctx, ref, artifact.WithPlainHTTP(), artifact.WithPlatform(*amdPlatform))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +157,7 @@ func TestConvertDockerConfigCredentials(t *testing.T) {
 	t.Setenv("DOCKER_CONFIG", dir)
 	ref := pushImage(t, host, "private:v1", layerOf(t, []entry{{name: "secret", body: "42"}}))
 	convertOne(t, ref)
-	if _, err := Lookup(context.Background(), ref, WithPlainHTTP()); err != nil {
+	if _, err := artifact.Lookup(context.Background(), ref, artifact.WithPlainHTTP()); err != nil {
 		t.Fatal(err)
 	}
 }

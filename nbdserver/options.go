@@ -22,8 +22,10 @@ type options struct {
 
 // Defaults of the options.
 const (
-	DefaultMaxInFlight  = 16
-	DefaultBufferBudget = 64 << 20
+	DefaultMaxInFlight = 16
+	// DefaultBufferBudget is the least budget that serves every request
+	// the server advertises: one read of the maximum payload.
+	DefaultBufferBudget = MaximumPayload
 	DefaultWriteTimeout = 30 * time.Second
 )
 

@@ -8,7 +8,7 @@
 //
 //   - export: an NBD export on a unix socket (Export) serving one flattened
 //     ext4 image read-only. A Source (implemented by the agent with
-//     imageconv, blockcache and nbdserver) opens it for an image: a Stream.
+//     blockcache/source and nbdserver) opens it for an image: a Stream.
 //   - device: a block device attached to an export by an Attacher (Device):
 //     the kernel NBD driver, or PortableAttacher's nbdfuse + loop device.
 //   - image mount: the ext4 filesystem of one device, mounted read-only at

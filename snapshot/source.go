@@ -23,8 +23,8 @@ func (r ImageRef) String() string {
 }
 
 // Source finds and serves the artifacts of streamable images. The agent
-// implements it with imageconv (artifact lookup), blockcache (the data) and
-// nbdserver (the export).
+// implements it with blockcache/source (artifact lookup, the data, sharing)
+// and nbdserver (the export).
 type Source interface {
 	// Resolve finds the image's artifact and opens an export serving its
 	// flattened ext4 image. It returns an error that Is ErrNotStreamable

@@ -6,19 +6,39 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
-func commonOptions(g *globals, platforms string) ([]imageconv.Option, error) {
+// convertOptions are imageconv's options for the global flags and
+// --platform (a list).
+func convertOptions(g *globals, platforms string) ([]imageconv.Option, error) {
 	var opts []imageconv.Option
 	if g.plainHTTP {
 		opts = append(opts, imageconv.WithPlainHTTP())
 	}
 	if platforms != "" {
-		ps, err := imageconv.ParsePlatforms(platforms)
+		ps, err := artifact.ParsePlatforms(platforms)
 		if err != nil {
 			return nil, fmt.Errorf("--platform: %w", err)
 		}
 		opts = append(opts, imageconv.WithPlatforms(ps...))
+	}
+	return opts, nil
+}
+
+// lookupOptions are artifact.Lookup's options for the global flags and
+// --platform (one).
+func lookupOptions(g *globals, platform string) ([]artifact.Option, error) {
+	var opts []artifact.Option
+	if g.plainHTTP {
+		opts = append(opts, artifact.WithPlainHTTP())
+	}
+	if platform != "" {
+		ps, err := artifact.ParsePlatforms(platform)
+		if err != nil || len(ps) != 1 {
+			return nil, fmt.Errorf("--platform: want one os/arch[/variant], got %q", platform)
+		}
+		opts = append(opts, artifact.WithPlatform(ps[0]))
 	}
 	return opts, nil
 }

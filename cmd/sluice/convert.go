@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
 	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 func newConvert(g *globals) *cobra.Command {
@@ -30,7 +31,7 @@ pushed unless every platform converts.`,
   sluice convert --chunk-size 1MiB registry.example.com/team/app@sha256:...`,
 		Args: exactArgs(1, "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := commonOptions(g, platforms)
+			opts, err := convertOptions(g, platforms)
 			if err != nil {
 				return err
 			}
@@ -38,7 +39,7 @@ pushed unless every platform converts.`,
 			if err != nil {
 				return fmt.Errorf("--chunk-size: %w", err)
 			}
-			if err := imageconv.ValidateChunkSize(cs); err != nil {
+			if err := artifact.ValidateChunkSize(cs); err != nil {
 				return fmt.Errorf("--chunk-size: %w", err)
 			}
 			progress := cliutil.NewProgress(g.log)
@@ -56,7 +57,7 @@ pushed unless every platform converts.`,
 		},
 	}
 	cmd.Flags().StringVar(&platforms, "platform", "", "convert only these platforms of a multi-platform image, e.g. linux/amd64,linux/arm64 (default: all)")
-	cmd.Flags().StringVar(&chunkSize, "chunk-size", cliutil.FormatSizeExact(imageconv.DefaultChunkSize), "chunk size: a power of two from 4KiB to 64MiB")
+	cmd.Flags().StringVar(&chunkSize, "chunk-size", cliutil.FormatSizeExact(artifact.DefaultChunkSize), "chunk size: a power of two from 4KiB to 64MiB")
 	cmd.Flags().StringVar(&workDir, "work-dir", "", "directory for temporary files (default $TMPDIR or /tmp); needs about twice the image's size")
 	return cmd
 }

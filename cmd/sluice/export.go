@@ -21,7 +21,7 @@ boot a microVM from it.`,
 		Example: `  sluice export registry.example.com/team/app:v1 app.ext4`,
 		Args:    exactArgs(2, "IMAGE and FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := commonOptions(g, platform)
+			opts, err := convertOptions(g, platform)
 			if err != nil {
 				return err
 			}

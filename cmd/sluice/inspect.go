@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
-	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
 func newInspect(g *globals) *cobra.Command {
@@ -26,12 +26,12 @@ with status 3 if IMAGE has no artifact (convert it with "sluice convert").`,
   sluice inspect --chunks --plain-http 127.0.0.1:5000/app:v1`,
 		Args: exactArgs(1, "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := commonOptions(g, platform)
+			opts, err := lookupOptions(g, platform)
 			if err != nil {
 				return err
 			}
-			a, err := imageconv.Lookup(cmd.Context(), args[0], opts...)
-			if errors.Is(err, imageconv.ErrNoArtifact) {
+			a, err := artifact.Lookup(cmd.Context(), args[0], opts...)
+			if errors.Is(err, artifact.ErrNoArtifact) {
 				return exitError{code: 3, err: fmt.Errorf("%s has no sluice artifact; convert it with: sluice convert %s: %w", args[0], args[0], err)}
 			}
 			if err != nil {

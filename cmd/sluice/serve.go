@@ -6,16 +6,16 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime/debug"
-	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sluice-project/sluice/blockcache"
+	"github.com/sluice-project/sluice/blockcache/source"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
-	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/nbdserver"
 )
 
@@ -55,13 +55,13 @@ addresses unless --allow-remote is given. Stop with Ctrl-C or SIGTERM.`,
 	fl.StringVar(&f.socket, "socket", "", "unix socket to serve on (required; created mode 0600)")
 	fl.StringVar(&f.tcp, "tcp", "", "also serve on this TCP address, e.g. 127.0.0.1:10809 (loopback only unless --allow-remote)")
 	fl.BoolVar(&f.allowRemote, "allow-remote", false, "let --tcp listen on a non-loopback address (NBD has no authentication: anyone who can connect can read the images)")
-	fl.StringVar(&f.cacheDir, "cache-dir", "/var/cache/sluice/chunks", "directory of the on-disk chunk cache, shared by all images")
-	fl.StringVar(&f.cacheSize, "cache-size", "10GiB", "bound of the chunk cache; least recently used chunks are evicted")
-	fl.StringVar(&f.memCache, "memory-cache", "8MiB", "chunks also kept in memory, on top of the on-disk cache (warm reads are served from the chunk files either way)")
-	fl.StringVar(&f.rate, "background-rate", "50MiB", "bytes per second fetched in the background once the prefetch profile is done (0: no background fetch)")
+	fl.StringVar(&f.cacheDir, "cache-dir", blockcache.DefaultStoreDir, "directory of the on-disk chunk cache, shared by all images")
+	fl.StringVar(&f.cacheSize, "cache-size", cliutil.FormatSizeExact(blockcache.DefaultStoreSize), "bound of the chunk cache; least recently used chunks are evicted")
+	fl.StringVar(&f.memCache, "memory-cache", cliutil.FormatSizeExact(blockcache.DefaultHotBytes), "chunks also kept in memory, on top of the on-disk cache (warm reads are served from the chunk files either way)")
+	fl.StringVar(&f.rate, "background-rate", cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate), "bytes per second fetched in the background once the prefetch profile is done (0: no background fetch)")
 	fl.StringVar(&f.platform, "platform", "", "platform of multi-platform IMAGEs (default: this machine's, linux/ARCH)")
-	fl.DurationVar(&f.readTimeout, "read-timeout", 30*time.Second, "a read that cannot be served in this time fails with EIO (the connection stays up)")
-	fl.IntVar(&f.concurrency, "fetch-concurrency", 4, "range requests in flight per image")
+	fl.DurationVar(&f.readTimeout, "read-timeout", blockcache.DefaultReadTimeout, "a read that cannot be served in this time fails with EIO (the connection stays up)")
+	fl.IntVar(&f.concurrency, "fetch-concurrency", blockcache.DefaultConcurrency, "range requests in flight per image")
 	_ = cmd.MarkFlagRequired("socket")
 	return cmd
 }
@@ -81,64 +81,50 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	if err != nil {
 		return fmt.Errorf("--memory-cache: %w", err)
 	}
-	// Keep the heap near what it needs, not twice that: unless the user
-	// set GOMEMLIMIT, ask the collector to work harder past a soft limit.
-	// The limit sits above the live set of a busy server (read buffers
-	// up to the NBD budget, the memory cache, fetches in flight: 65-80 MB
-	// with ten images read at once and the 8 MiB memory cache), so that
-	// collections do not run back to back.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(88<<20 + memCache)
-	}
-	if f.tcp != "" {
-		if err := checkLoopback(f.tcp, f.allowRemote); err != nil {
-			return fmt.Errorf("--tcp: %w", err)
+	cliutil.SetMemoryLimit(memCache)
+	if f.tcp != "" && !f.allowRemote {
+		if err := cliutil.CheckLoopback(f.tcp); err != nil {
+			return fmt.Errorf("--tcp: %w; NBD has no authentication, so pass --allow-remote to serve other hosts", err)
 		}
 	}
-	lookupOpts, err := commonOptions(g, f.platform)
-	if err != nil {
-		return err
+	srcOpts := []source.Option{source.WithImageOptions(
+		blockcache.WithBackgroundRate(rate),
+		blockcache.WithReadTimeout(f.readTimeout),
+		blockcache.WithConcurrency(f.concurrency))}
+	if g.plainHTTP {
+		srcOpts = append(srcOpts, source.WithPlainHTTP())
+	}
+	if f.platform != "" {
+		ps, err := artifact.ParsePlatforms(f.platform)
+		if err != nil || len(ps) != 1 {
+			return fmt.Errorf("--platform: want one os/arch[/variant], got %q", f.platform)
+		}
+		srcOpts = append(srcOpts, source.WithPlatform(ps[0]))
 	}
 	store, err := blockcache.OpenStore(ctx, f.cacheDir, cacheSize, blockcache.WithHotBytes(memCache))
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-
-	var fetchOpts []blockcache.FetchOption
-	if g.plainHTTP {
-		fetchOpts = append(fetchOpts, blockcache.WithPlainHTTP())
-	}
-	var exports []nbdserver.Export
-	var opened []*blockcache.Image
-	defer func() {
-		for _, im := range opened {
-			im.Close()
-		}
-	}()
-	for _, image := range images {
-		art, err := imageconv.Lookup(ctx, image, lookupOpts...)
-		if err != nil {
-			return err
-		}
-		im, err := blockcache.Open(ctx, art, store,
-			blockcache.WithFetchOptions(fetchOpts...),
-			blockcache.WithBackgroundRate(rate),
-			blockcache.WithReadTimeout(f.readTimeout),
-			blockcache.WithConcurrency(f.concurrency))
-		if err != nil {
-			return fmt.Errorf("%s: %w", image, err)
-		}
-		opened = append(opened, im)
-		exports = append(exports, nbdserver.Export{Name: image, Description: art.Repo.String() + "@" + art.Descriptor.Digest.String(), Backend: im})
-		log.Info().Str("export", image).Str("artifact", art.Descriptor.Digest.String()).
-			Int64("size", art.Index.ImageSize).Int("chunks", len(art.Index.Chunks)).Msg("serving")
-	}
-	srv, err := nbdserver.New(exports, nbdserver.WithLogger(log), nbdserver.WithBufferBudget(32<<20))
+	srv, err := nbdserver.New(nil, nbdserver.WithLogger(log))
 	if err != nil {
 		return err
 	}
-	listeners, err := listen(f)
+	src := source.New(ctx, store, cliutil.NBDExports{Server: srv}, srcOpts...)
+	var opened []*source.Handle
+	defer func() {
+		for _, h := range opened {
+			h.Close()
+		}
+	}()
+	for _, image := range images {
+		h, err := src.Open(ctx, source.Request{Image: image, Export: image})
+		if err != nil {
+			return err
+		}
+		opened = append(opened, h)
+	}
+	listeners, err := listen(log, f)
 	if err != nil {
 		return err
 	}
@@ -148,9 +134,9 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	}
 	err = eg.Wait()
 	os.Remove(f.socket)
-	for i, im := range opened {
-		s := im.Stats()
-		log.Info().Str("export", images[i]).Int64("fetched_bytes", s.BytesFetched).
+	for _, h := range opened {
+		s := h.Image().Stats()
+		log.Info().Str("export", h.Name()).Int64("fetched_bytes", s.BytesFetched).
 			Float64("percent_complete", s.PercentComplete).Msg("stopped")
 	}
 	if errors.Is(err, context.Canceled) {
@@ -159,27 +145,11 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	return err
 }
 
-// listen opens the unix socket (owner-only from birth) and the TCP port.
-func listen(f *serveFlags) ([]net.Listener, error) {
-	if fi, err := os.Lstat(f.socket); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("--socket %s exists and is not a socket", f.socket)
-		}
-		if c, err := net.Dial("unix", f.socket); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("--socket %s is in use by another server", f.socket)
-		}
-		os.Remove(f.socket) // stale, from a server that died
-	}
-	old := syscall.Umask(0o077)
-	ul, err := net.Listen("unix", f.socket)
-	syscall.Umask(old)
+// listen opens the unix socket and the TCP port.
+func listen(log zerolog.Logger, f *serveFlags) ([]net.Listener, error) {
+	ul, err := cliutil.ListenUnix(log, f.socket, "sluice serve")
 	if err != nil {
 		return nil, fmt.Errorf("--socket: %w", err)
-	}
-	if err := os.Chmod(f.socket, 0o600); err != nil {
-		ul.Close()
-		return nil, err
 	}
 	ls := []net.Listener{ul}
 	if f.tcp != "" {
@@ -191,19 +161,4 @@ func listen(f *serveFlags) ([]net.Listener, error) {
 		ls = append(ls, tl)
 	}
 	return ls, nil
-}
-
-func checkLoopback(addr string, allowRemote bool) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if allowRemote {
-		return nil
-	}
-	ip := net.ParseIP(host)
-	if host == "localhost" || (ip != nil && ip.IsLoopback()) {
-		return nil
-	}
-	return fmt.Errorf("%s is not a loopback address; NBD has no authentication, so pass --allow-remote to serve other hosts", host)
 }

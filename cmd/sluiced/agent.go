@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -19,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sluice-project/sluice/blockcache"
+	"github.com/sluice-project/sluice/blockcache/source"
+	"github.com/sluice-project/sluice/cmd/internal/cliutil"
 	"github.com/sluice-project/sluice/nbdserver"
 	"github.com/sluice-project/sluice/snapshot"
 )
@@ -30,7 +30,7 @@ type agent struct {
 	log   zerolog.Logger
 	store *blockcache.Store
 	nbd   *nbdserver.Server
-	src   *registrySource
+	src   *source.Source
 	sn    *snapshot.Snapshotter
 	rpc   *grpc.Server
 	web   *http.Server
@@ -56,26 +56,32 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		}
 	}()
 	// Sockets first: another live agent is the most likely trouble and
-	// this says so plainly.
-	// In a fixed order, so the error names the same field every time.
-	for _, s := range []struct{ field, path string }{{"address", cfg.Address}, {"nbd_socket", cfg.NBDSocket}} {
-		if err := claimSocket(log, s.path); err != nil {
-			return nil, fmt.Errorf("%s: %w", s.field, err)
-		}
+	// this says so plainly. In a fixed order, so the error names the same
+	// field every time.
+	gl, err := cliutil.ListenUnix(log, cfg.Address, "sluiced")
+	if err != nil {
+		return nil, fmt.Errorf("address: %w", err)
 	}
+	nl, err := cliutil.ListenUnix(log, cfg.NBDSocket, "sluiced")
+	if err != nil {
+		gl.Close()
+		return nil, fmt.Errorf("nbd_socket: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			nl.Close()
+			gl.Close()
+		}
+	}()
 
 	a.store, err = blockcache.OpenStore(ctx, cfg.Cache.Dir, cfg.Cache.size, blockcache.WithHotBytes(cfg.Cache.memoryCache))
 	if err != nil {
 		return nil, fmt.Errorf("cache.dir: %w", err)
 	}
 
-	a.nbd, err = nbdserver.New(nil, nbdserver.WithLogger(log), nbdserver.WithBufferBudget(32<<20))
+	a.nbd, err = nbdserver.New(nil, nbdserver.WithLogger(log))
 	if err != nil {
 		return nil, err
-	}
-	nl, err := listenUnix(cfg.NBDSocket)
-	if err != nil {
-		return nil, fmt.Errorf("nbd_socket: %w", err)
 	}
 	nbdCtx, stopNBD := context.WithCancel(context.WithoutCancel(ctx))
 	a.stopNBD = stopNBD
@@ -89,34 +95,34 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	imageOpts := []blockcache.Option{
-		blockcache.WithReadTimeout(cfg.Cache.readTimeout),
-		blockcache.WithConcurrency(cfg.Cache.FetchConcurrency),
-		blockcache.WithBackgroundRate(cfg.Cache.backgroundRate),
-	}
-	keychain := newKeychain(cfg.CredentialsFile)
 	if cfg.CredentialsFile != "" {
-		present, err := fileKeychain{path: cfg.CredentialsFile}.check()
+		present, err := source.CheckCredentialsFile(cfg.CredentialsFile)
 		if err != nil {
 			return nil, fmt.Errorf("credentials_file: %w", err)
 		}
 		log.Info().Str("credentials_file", cfg.CredentialsFile).Bool("present", present).
 			Msg("registry credentials: node file, then docker config and credential helpers")
 	}
-	a.src = newRegistrySource(ctx, a.store, a.nbd, cfg.NBDSocket, filepath.Join(cfg.Root, "artifacts"), keychain, cfg.PlainHTTP, imageOpts...)
+	srcOpts := []source.Option{
+		source.WithKeychain(source.Keychain(cfg.CredentialsFile)),
+		source.WithSaveDir(filepath.Join(cfg.Root, "artifacts")),
+		source.WithImageOptions(
+			blockcache.WithReadTimeout(cfg.Cache.readTimeout),
+			blockcache.WithConcurrency(cfg.Cache.FetchConcurrency),
+			blockcache.WithBackgroundRate(cfg.Cache.backgroundRate)),
+	}
+	if len(cfg.PlainHTTP) > 0 {
+		srcOpts = append(srcOpts, source.WithPlainHTTP(cfg.PlainHTTP...))
+	}
+	a.src = source.New(ctx, a.store, cliutil.NBDExports{Server: a.nbd}, srcOpts...)
 
-	a.sn, err = snapshot.New(ctx, cfg.Root, a.src, att, snapshot.WithPolicy(policy))
+	a.sn, err = snapshot.New(ctx, cfg.Root, streams{src: a.src, socket: cfg.NBDSocket}, att, snapshot.WithPolicy(policy))
 	if err != nil {
 		return nil, fmt.Errorf("root: %w", err)
 	}
-	// Recovery has adopted what it could; memos nobody used for a day are
-	// of images gone while no agent ran.
-	a.src.pruneMemos(24 * time.Hour)
-
-	gl, err := listenUnix(cfg.Address)
-	if err != nil {
-		return nil, fmt.Errorf("address: %w", err)
-	}
+	// Recovery has adopted what it could; saved artifacts nobody used for
+	// a day are of images gone while no agent ran.
+	a.src.PruneSaved(24 * time.Hour)
 	a.rpc = grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(a.rpc, snapshotservice.FromSnapshotter(a.sn))
 	a.goServe("snapshotter", func() error { return a.rpc.Serve(gl) })
@@ -186,7 +192,7 @@ func (a *agent) close() error {
 			cancel()
 		}
 		if a.sn != nil {
-			a.src.closing.Store(true)
+			a.src.Shutdown()
 			errs = append(errs, a.sn.Close())
 		}
 		if a.stopNBD != nil {
@@ -220,46 +226,4 @@ func selectAttacher(ctx context.Context, cfg Config) (snapshot.Attacher, error) 
 	}
 	zerolog.Ctx(ctx).Info().Str("attacher", att.Name()).Str("configured", cfg.Attacher).Msg(reason)
 	return att, nil
-}
-
-// claimSocket makes path's directory and removes a socket a dead agent
-// left there; a socket something still listens on is an error.
-func claimSocket(log zerolog.Logger, path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("%s is in use: another sluiced is running", path)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("removing stale socket: %w", err)
-	}
-	log.Info().Str("socket", path).Msg("removed a stale socket left by an agent that is gone")
-	return nil
-}
-
-// listenUnix listens on path, owner-only from birth.
-func listenUnix(path string) (net.Listener, error) {
-	old := syscall.Umask(0o077)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
 }

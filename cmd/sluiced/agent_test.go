@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -243,7 +244,7 @@ func TestAgentSockets(t *testing.T) {
 	testutil.RequirePortable(t)
 	dir := tempDir(t)
 	stale := filepath.Join(dir, "snap.sock")
-	l, err := listenUnix(stale)
+	l, err := net.Listen("unix", stale)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/sluice-project/sluice/blockcache"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
 )
 
@@ -75,12 +75,12 @@ func defaultConfig() Config {
 		Attacher:        "auto",
 		CredentialsFile: "/etc/sluice/credentials.json",
 		Cache: CacheConfig{
-			Dir:              "/var/cache/sluice/chunks",
-			Size:             "10GiB",
-			BackgroundRate:   "50MiB",
-			ReadTimeout:      "30s",
-			FetchConcurrency: 4,
-			MemoryCache:      "8MiB",
+			Dir:              blockcache.DefaultStoreDir,
+			Size:             cliutil.FormatSizeExact(blockcache.DefaultStoreSize),
+			BackgroundRate:   cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate),
+			ReadTimeout:      blockcache.DefaultReadTimeout.String(),
+			FetchConcurrency: blockcache.DefaultConcurrency,
+			MemoryCache:      cliutil.FormatSizeExact(blockcache.DefaultHotBytes),
 		},
 	}
 }
@@ -136,12 +136,8 @@ func (c *Config) validate() error {
 	default:
 		return fmt.Errorf("attacher: want \"auto\", \"kernel\" or \"portable\", got %q", c.Attacher)
 	}
-	if c.MetricsAddress != "" {
-		host, _, err := net.SplitHostPort(c.MetricsAddress)
-		ip := net.ParseIP(host)
-		if err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
-			return fmt.Errorf("metrics_address: want a loopback host:port such as 127.0.0.1:9808, got %q", c.MetricsAddress)
-		}
+	if c.MetricsAddress != "" && cliutil.CheckLoopback(c.MetricsAddress) != nil {
+		return fmt.Errorf("metrics_address: want a loopback host:port such as 127.0.0.1:9808, got %q", c.MetricsAddress)
 	}
 	for _, r := range c.PlainHTTP {
 		if r == "" || strings.Contains(r, "/") {

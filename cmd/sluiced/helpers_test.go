@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
@@ -211,9 +212,9 @@ func pushCorruptArtifact(t *testing.T, reg *testRegistry, img *testImage) {
 		return v1.Descriptor{MediaType: mt, Digest: d, Size: int64(len(b))}
 	}
 	// As imageconv does: the config's media type is the artifact type.
-	cfg := blob([]byte("{}"), imageconv.ArtifactType)
-	index := blob(bytes.Repeat([]byte("not an index "), 40), imageconv.IndexMediaType)
-	data := blob(bytes.Repeat([]byte{7}, 4096), imageconv.DataMediaType)
+	cfg := blob([]byte("{}"), artifact.ArtifactType)
+	index := blob(bytes.Repeat([]byte("not an index "), 40), artifact.IndexMediaType)
+	data := blob(bytes.Repeat([]byte{7}, 4096), artifact.DataMediaType)
 	subject, err := v1.NewHash(img.manifest)
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +226,7 @@ func pushCorruptArtifact(t *testing.T, reg *testRegistry, img *testImage) {
 	m := map[string]any{
 		"schemaVersion": 2,
 		"mediaType":     types.OCIManifestSchema1,
-		"artifactType":  imageconv.ArtifactType,
+		"artifactType":  artifact.ArtifactType,
 		"config":        cfg,
 		"layers":        []v1.Descriptor{index, data},
 		"subject":       v1.Descriptor{MediaType: desc.MediaType, Digest: subject, Size: desc.Size},
@@ -423,21 +424,3 @@ func errorContains(t *testing.T, what string, err error, parts ...string) {
 }
 
 func imageconvKeychain(k authn.Keychain) imageconv.Option { return imageconv.WithKeychain(k) }
-
-// resolveUser returns the user name k gives for registry ("" if none).
-func resolveUser(t *testing.T, k authn.Keychain, registry string) string {
-	t.Helper()
-	reg, err := name.NewRegistry(registry)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := k.Resolve(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := a.Authorization()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg.Username
-}

@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/BurntSushi/toml"
@@ -139,11 +138,7 @@ func run(ctx context.Context, f *flags) error {
 	if err != nil {
 		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", f.logLevel)
 	}
-	// Keep the heap near what it needs: unless GOMEMLIMIT is set, ask the
-	// collector to work harder past a soft limit.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(128<<20 + cfg.Cache.memoryCache)
-	}
+	cliutil.SetMemoryLimit(cfg.Cache.memoryCache)
 	ctx = log.WithContext(ctx)
 	a, err := startAgent(ctx, cfg)
 	if err != nil {

@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"github.com/sluice-project/sluice/test/internal/debregistry"
 )
@@ -126,7 +126,7 @@ func setup() (_ *env, err error) {
 	if out, err := e.run(ctx, e.sluice, "convert", "--plain-http", e.images[repoA].ref); err != nil {
 		return nil, fmt.Errorf("sluice convert: %v\n%s", err, out)
 	}
-	art, err := imageconv.Lookup(ctx, e.images[repoA].ref, imageconv.WithPlainHTTP())
+	art, err := artifact.Lookup(ctx, e.images[repoA].ref, artifact.WithPlainHTTP())
 	if err != nil {
 		return nil, fmt.Errorf("artifact of the converted image: %w", err)
 	}
@@ -216,7 +216,7 @@ func (e *env) tamper(ctx context.Context, m *v1.Manifest) error {
 		if err != nil {
 			return err
 		}
-		if l.MediaType == imageconv.IndexMediaType {
+		if l.MediaType == artifact.IndexMediaType {
 			rc, err := src.Compressed()
 			if err != nil {
 				return err

@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/test/internal/debregistry"
 	"github.com/sluice-project/sluice/test/internal/faultproxy"
 	"github.com/sluice-project/sluice/test/internal/imagebuild"
@@ -43,7 +43,7 @@ type env struct {
 
 	refPath string // the reference ext4, from `sluice export`
 	ref     []byte
-	index   *imageconv.Index
+	index   *artifact.Index
 	dataLen int64 // size of the artifact's data blob
 
 	files map[string]string // path in the image -> hex sha256 of its content
@@ -138,7 +138,7 @@ func setup() (_ *env, err error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	art, err := imageconv.Lookup(ctx, e.image, imageconv.WithPlainHTTP())
+	art, err := artifact.Lookup(ctx, e.image, artifact.WithPlainHTTP())
 	if err != nil {
 		return nil, fmt.Errorf("lookup of the converted image: %w", err)
 	}

@@ -1,5 +1,6 @@
-// Package cliutil holds what the sluice commands share at the terminal:
-// size flags, progress display and logging setup.
+// Package cliutil holds what the two sluice commands share as wiring: size
+// flags, progress display, logging setup, listening on sockets, the soft
+// memory limit, and publishing opened images as NBD exports.
 package cliutil
 
 import (

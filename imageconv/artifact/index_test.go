@@ -1,4 +1,4 @@
-package imageconv
+package artifact
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package blockcache
+package artifact
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package imageconv
+package artifact
 
 import (
 	"bytes"
@@ -22,8 +22,8 @@ const (
 	// DefaultChunkSize is used when no chunk size is given.
 	DefaultChunkSize = 256 << 10
 
-	// maxImageSize bounds the flattened image: 1 TiB.
-	maxImageSize = 1 << 40
+	// MaxImageSize bounds the flattened image: 1 TiB.
+	MaxImageSize = 1 << 40
 )
 
 // ErrBadIndex is returned for an index blob that cannot be trusted.
@@ -104,7 +104,7 @@ func ValidateChunkSize(n int64) error {
 
 // MarshalBinary encodes the index in format version 1.
 func (ix *Index) MarshalBinary() ([]byte, error) {
-	if err := ix.validate(); err != nil {
+	if err := ix.Validate(); err != nil {
 		return nil, err
 	}
 	b := make([]byte, indexHeaderSize+len(ix.Chunks)*indexEntrySize)
@@ -143,14 +143,14 @@ func ParseIndex(b []byte) (*Index, error) {
 	}
 	imageSize, chunkSize := le.Uint64(b[16:]), le.Uint64(b[24:])
 	count, dataSize := le.Uint64(b[32:]), le.Uint64(b[40:])
-	if imageSize > maxImageSize || chunkSize > MaxChunkSize || dataSize > maxImageSize*2 {
+	if imageSize > MaxImageSize || chunkSize > MaxChunkSize || dataSize > MaxImageSize*2 {
 		return nil, fmt.Errorf("%w: absurd geometry (image %d, chunk %d, data %d bytes)", ErrBadIndex, imageSize, chunkSize, dataSize)
 	}
 	// Divide rather than multiply: a huge count must not wrap around.
 	if table := uint64(len(b) - indexHeaderSize); table%indexEntrySize != 0 || count != table/indexEntrySize {
 		return nil, fmt.Errorf("%w: the header says %d chunks, the table has %d bytes of %d-byte entries", ErrBadIndex, count, len(b)-indexHeaderSize, indexEntrySize)
 	}
-	if !isZero(b[48:indexHeaderSize]) {
+	if !allZero(b[48:indexHeaderSize]) {
 		return nil, fmt.Errorf("%w: reserved header bytes are not zero", ErrBadIndex)
 	}
 	ix := &Index{ImageSize: int64(imageSize), ChunkSize: int64(chunkSize), DataSize: int64(dataSize)}
@@ -161,21 +161,23 @@ func ParseIndex(b []byte) (*Index, error) {
 		copy(c.Digest[:], e[:32])
 		c.Offset = le.Uint64(e[32:])
 		c.Length = le.Uint32(e[40:])
-		if !isZero(e[44:indexEntrySize]) {
+		if !allZero(e[44:indexEntrySize]) {
 			return nil, fmt.Errorf("%w: reserved bytes of chunk %d are not zero", ErrBadIndex, i)
 		}
 	}
-	if err := ix.validate(); err != nil {
+	if err := ix.Validate(); err != nil {
 		return nil, err
 	}
 	return ix, nil
 }
 
-func (ix *Index) validate() error {
+// Validate checks the geometry and the chunk table: what ParseIndex and
+// MarshalBinary refuse.
+func (ix *Index) Validate() error {
 	if err := ValidateChunkSize(ix.ChunkSize); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadIndex, err)
 	}
-	if ix.ImageSize < 0 || ix.ImageSize > maxImageSize || ix.ImageSize%4096 != 0 {
+	if ix.ImageSize < 0 || ix.ImageSize > MaxImageSize || ix.ImageSize%4096 != 0 {
 		return fmt.Errorf("%w: image size %d is not a multiple of 4096 up to 1 TiB", ErrBadIndex, ix.ImageSize)
 	}
 	if want := ChunkCount(ix.ImageSize, ix.ChunkSize); int64(len(ix.Chunks)) != want {
@@ -200,3 +202,5 @@ func (ix *Index) validate() error {
 	}
 	return nil
 }
+
+func allZero(b []byte) bool { return bytes.Count(b, []byte{0}) == len(b) }

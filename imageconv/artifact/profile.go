@@ -1,4 +1,4 @@
-package blockcache
+package artifact
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ var ErrBadProfile = errors.New("malformed sluice profile")
 
 // Profile lists chunk indices in the order a recorded start first read
 // them. It is the content of an artifact's optional profile blob
-// (imageconv.ProfileMediaType), encoded little-endian as:
+// (ProfileMediaType), encoded little-endian as:
 //
 //	offset size field
 //	0      8    magic "SLUICEPF"
@@ -73,17 +73,6 @@ func ParseProfile(b []byte) (Profile, error) {
 	return p, nil
 }
 
-// recorder notes the order in which reads first touch chunks.
-type recorder struct {
-	seen  []bool
-	order []int
-}
-
-func (r *recorder) note(first, last int) {
-	for i := first; i <= last; i++ {
-		if !r.seen[i] {
-			r.seen[i] = true
-			r.order = append(r.order, i)
-		}
-	}
-}
+// MaxProfileSize is the largest profile blob of an image of n chunks: one
+// that lists every chunk once.
+func MaxProfileSize(n int) int64 { return profileHeaderSize + 4*int64(n) }

@@ -1,4 +1,4 @@
-package main
+package source
 
 import (
 	"errors"
@@ -12,11 +12,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 )
 
-// newKeychain resolves registry credentials from the node credentials file
-// first, then the docker config (~/.docker/config.json, $DOCKER_CONFIG) and
+// Keychain resolves registry credentials from credentialsFile (docker
+// config format) first, then the docker config (~/.docker/config.json, $DOCKER_CONFIG) and
 // the credential helpers either names. The file is read at each lookup, so
 // rotated credentials apply without a restart; a missing file gives none.
-func newKeychain(credentialsFile string) authn.Keychain {
+func Keychain(credentialsFile string) authn.Keychain {
 	if credentialsFile == "" {
 		return authn.DefaultKeychain
 	}
@@ -27,10 +27,10 @@ func newKeychain(credentialsFile string) authn.Keychain {
 // "credHelpers", "credsStore").
 type fileKeychain struct{ path string }
 
-// check reports whether the file is there and parses; errors never quote
-// its content.
-func (k fileKeychain) check() (present bool, err error) {
-	f, err := os.Open(k.path)
+// CheckCredentialsFile reports whether a credentials file for Keychain is
+// there and parses; errors never quote its content.
+func CheckCredentialsFile(path string) (present bool, err error) {
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -39,7 +39,7 @@ func (k fileKeychain) check() (present bool, err error) {
 	}
 	defer f.Close()
 	if _, err := config.LoadFromReader(f); err != nil {
-		return true, fmt.Errorf("%s is not a docker config file (want {\"auths\": {...}})", k.path)
+		return true, fmt.Errorf("%s is not a docker config file (want {\"auths\": {...}})", path)
 	}
 	return true, nil
 }

@@ -1,0 +1,26 @@
+package blockcache
+
+import "time"
+
+// Defaults, in one place: the options of Open and OpenStore default to
+// them, and the commands' flags and the agent's config take them as their
+// defaults too.
+const (
+	// DefaultStoreDir is where a node keeps its chunk store.
+	DefaultStoreDir = "/var/cache/sluice/chunks"
+	// DefaultStoreSize is a sensible bound of a node's chunk store.
+	DefaultStoreSize = 10 << 30
+	// DefaultHotBytes is the store's in-memory layer (WithHotBytes): warm
+	// reads are served from the chunk files either way.
+	DefaultHotBytes = 8 << 20
+	// DefaultReadTimeout bounds each read (WithReadTimeout).
+	DefaultReadTimeout = 30 * time.Second
+	// DefaultConcurrency bounds range requests in flight per image
+	// (WithConcurrency).
+	DefaultConcurrency = 4
+	// DefaultMaxRange bounds one coalesced range request (WithMaxRange).
+	DefaultMaxRange = 4 << 20
+	// DefaultBackgroundRate is the pace of background fetch, in bytes of
+	// compressed data per second (WithBackgroundRate).
+	DefaultBackgroundRate = 50 << 20
+)

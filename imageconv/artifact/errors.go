@@ -1,0 +1,74 @@
+package artifact
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+var (
+	// ErrNoArtifact means the image has no sluice artifact.
+	ErrNoArtifact = errors.New("no sluice artifact")
+	// ErrRegistryUnreachable means the registry could not be reached or
+	// answered with a server error: refused, reset, unresolvable, timed
+	// out, 5xx. Trying again later may work.
+	ErrRegistryUnreachable = errors.New("registry unreachable")
+	// ErrRegistryDenied means the registry refused the credentials
+	// (401 or 403).
+	ErrRegistryDenied = errors.New("registry denied access")
+)
+
+// RegistryError is a failed exchange with a registry. It Is
+// ErrRegistryUnreachable or ErrRegistryDenied when the failure is one of
+// those.
+type RegistryError struct {
+	// Registry is the registry's host[:port].
+	Registry string
+	Err      error
+}
+
+func (e *RegistryError) Error() string { return "registry " + e.Registry + ": " + e.Err.Error() }
+func (e *RegistryError) Unwrap() error { return e.Err }
+
+func (e *RegistryError) Is(target error) bool {
+	var terr *transport.Error
+	status := 0
+	if errors.As(e.Err, &terr) {
+		status = terr.StatusCode
+	}
+	switch target {
+	case ErrRegistryUnreachable:
+		return unreachable(e.Err) || status >= 500
+	case ErrRegistryDenied:
+		return status == http.StatusUnauthorized || status == http.StatusForbidden
+	}
+	return false
+}
+
+// unreachable reports network failures: refused, reset, unresolvable,
+// timed out, cut short.
+func unreachable(err error) bool {
+	var (
+		op  *net.OpError
+		dns *net.DNSError
+	)
+	return errors.As(err, &op) || errors.As(err, &dns) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// registryError wraps err, a failure of a request to registry, as a
+// RegistryError, unless it says what the artifact is (no artifact, bad
+// index) or already names the registry.
+func registryError(registry string, err error) error {
+	var rerr *RegistryError
+	if err == nil || errors.Is(err, ErrNoArtifact) || errors.Is(err, ErrBadIndex) || errors.As(err, &rerr) {
+		return err
+	}
+	return &RegistryError{Registry: registry, Err: err}
+}

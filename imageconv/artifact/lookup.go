@@ -1,0 +1,166 @@
+package artifact
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Artifact is a sluice artifact found in a registry.
+type Artifact struct {
+	// Repo is the repository holding the artifact and its source image.
+	Repo name.Repository
+	// Descriptor is the artifact manifest's descriptor.
+	Descriptor v1.Descriptor
+	// Subject is the source image manifest the artifact was made from.
+	Subject v1.Descriptor
+	// Platform is the source's platform, if it was known.
+	Platform string
+	// Index is the decoded index blob.
+	Index *Index
+	// Data is the data blob's descriptor; Profile the optional profile's.
+	Data    v1.Descriptor
+	Profile *v1.Descriptor
+	// Others counts further sluice artifacts of the same subject.
+	Others int
+}
+
+// maxIndexBlob bounds the index blob Lookup reads: 1 TiB in 4 KiB chunks
+// would be 12 GiB; refuse absurd ones.
+const maxIndexBlob = 64 << 20
+
+// Lookup finds the sluice artifact of image (for a multi-platform image,
+// of the platform given by WithPlatform) and fetches and decodes its index.
+// It returns an error that Is ErrNoArtifact if there is none, ErrBadIndex
+// if the artifact is malformed, and a *RegistryError when the registry
+// fails.
+func Lookup(ctx context.Context, image string, opts ...Option) (*Artifact, error) {
+	o := newOptions(opts)
+	ref, err := o.parse(image)
+	if err != nil {
+		return nil, err
+	}
+	desc, err := remote.Get(ref, o.remoteOptions(ctx)...)
+	if err != nil {
+		return nil, registryError(ref.Context().RegistryStr(), fmt.Errorf("fetching %s: %w", image, err))
+	}
+	subject := desc.Descriptor
+	platform := ""
+	if desc.MediaType.IsIndex() {
+		want := o.lookupPlatform()
+		im, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", image, err)
+		}
+		ms := PlatformManifests(im, []v1.Platform{want})
+		if len(ms) == 0 {
+			return nil, fmt.Errorf("%s has no manifest for platform %s", image, want.String())
+		}
+		subject, platform = ms[0], ms[0].Platform.String()
+	}
+	return lookupSubject(ctx, ref.Context(), subject, platform, o)
+}
+
+// LookupManifest finds the sluice artifact of one platform manifest of
+// image's repository, given by digest (as containerd's CRI labels give it),
+// without resolving image's tag or index. Errors are those of Lookup.
+func LookupManifest(ctx context.Context, image, manifestDigest string, opts ...Option) (*Artifact, error) {
+	o := newOptions(opts)
+	ref, err := o.parse(image)
+	if err != nil {
+		return nil, err
+	}
+	h, err := v1.NewHash(manifestDigest)
+	if err != nil {
+		return nil, fmt.Errorf("manifest digest %q of %s: %w", manifestDigest, image, err)
+	}
+	return lookupSubject(ctx, ref.Context(), v1.Descriptor{Digest: h}, "", o)
+}
+
+func lookupSubject(ctx context.Context, repo name.Repository, subject v1.Descriptor, platform string, o *options) (*Artifact, error) {
+	a, err := fetchArtifact(ctx, repo, subject, platform, o)
+	if err != nil {
+		return nil, registryError(repo.RegistryStr(), err)
+	}
+	return a, nil
+}
+
+func fetchArtifact(ctx context.Context, repo name.Repository, subject v1.Descriptor, platform string, o *options) (*Artifact, error) {
+	ropts := o.remoteOptions(ctx)
+	refs, err := remote.Referrers(repo.Digest(subject.Digest.String()), append(ropts, remote.WithFilter("artifactType", ArtifactType))...)
+	if err != nil {
+		return nil, fmt.Errorf("listing referrers of %s@%s: %w", repo, subject.Digest, err)
+	}
+	im, err := refs.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	var cands []v1.Descriptor
+	for _, d := range im.Manifests {
+		if d.ArtifactType == ArtifactType {
+			cands = append(cands, d)
+		}
+	}
+	if len(cands) == 0 {
+		return nil, fmt.Errorf("%w for %s@%s", ErrNoArtifact, repo, subject.Digest)
+	}
+	// Several artifacts (say, converted with other chunk sizes): pick one
+	// deterministically.
+	sort.Slice(cands, func(i, j int) bool { return cands[i].Digest.String() < cands[j].Digest.String() })
+	a := &Artifact{Repo: repo, Descriptor: cands[0], Subject: subject, Platform: platform, Others: len(cands) - 1}
+	desc, err := remote.Get(repo.Digest(cands[0].Digest.String()), ropts...)
+	if err != nil {
+		return nil, fmt.Errorf("fetching artifact manifest %s: %w", cands[0].Digest, err)
+	}
+	var m manifest
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		return nil, fmt.Errorf("artifact %s: %w: %v", cands[0].Digest, ErrBadIndex, err)
+	}
+	var indexDesc *v1.Descriptor
+	for i := range m.Layers {
+		switch m.Layers[i].MediaType {
+		case IndexMediaType:
+			indexDesc = &m.Layers[i]
+		case DataMediaType:
+			a.Data = m.Layers[i]
+		case ProfileMediaType:
+			a.Profile = &m.Layers[i]
+		}
+	}
+	if indexDesc == nil || a.Data.Digest == (v1.Hash{}) {
+		return nil, fmt.Errorf("artifact %s: %w: it lacks an index or data blob", cands[0].Digest, ErrBadIndex)
+	}
+	if indexDesc.Size > maxIndexBlob {
+		return nil, fmt.Errorf("artifact %s: %w: index blob of %d bytes", cands[0].Digest, ErrBadIndex, indexDesc.Size)
+	}
+	l, err := remote.Layer(repo.Digest(indexDesc.Digest.String()), ropts...)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, fmt.Errorf("fetching index blob %s: %w", indexDesc.Digest, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, indexDesc.Size+1))
+	if err != nil {
+		return nil, fmt.Errorf("fetching index blob %s: %w", indexDesc.Digest, err)
+	}
+	if int64(len(b)) != indexDesc.Size {
+		return nil, fmt.Errorf("index blob %s: %w: %d bytes, descriptor says %d", indexDesc.Digest, ErrBadIndex, len(b), indexDesc.Size)
+	}
+	if a.Index, err = ParseIndex(b); err != nil {
+		return nil, fmt.Errorf("index blob %s: %w", indexDesc.Digest, err)
+	}
+	if a.Index.DataSize != a.Data.Size {
+		return nil, fmt.Errorf("index blob %s: %w: data blob is %d bytes, index says %d", indexDesc.Digest, ErrBadIndex, a.Data.Size, a.Index.DataSize)
+	}
+	return a, nil
+}
