@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/sluice-project/sluice/imageconv"
@@ -34,13 +35,22 @@ func lookupOptions(g *globals, platform string) ([]artifact.Option, error) {
 		opts = append(opts, artifact.WithPlainHTTP())
 	}
 	if platform != "" {
-		ps, err := artifact.ParsePlatforms(platform)
-		if err != nil || len(ps) != 1 {
-			return nil, fmt.Errorf("--platform: want one os/arch[/variant], got %q", platform)
+		p, err := onePlatform(platform)
+		if err != nil {
+			return nil, err
 		}
-		opts = append(opts, artifact.WithPlatform(ps[0]))
+		opts = append(opts, artifact.WithPlatform(p))
 	}
 	return opts, nil
+}
+
+// onePlatform parses a --platform that names one platform.
+func onePlatform(s string) (v1.Platform, error) {
+	ps, err := artifact.ParsePlatforms(s)
+	if err != nil || len(ps) != 1 {
+		return v1.Platform{}, fmt.Errorf("--platform: want one os/arch[/variant], got %q", s)
+	}
+	return ps[0], nil
 }
 
 // exactArgs is cobra.ExactArgs with a message that names the arguments.

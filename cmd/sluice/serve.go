@@ -15,7 +15,6 @@ import (
 	"github.com/sluice-project/sluice/blockcache"
 	"github.com/sluice-project/sluice/blockcache/source"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
-	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/nbdserver"
 )
 
@@ -95,11 +94,11 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 		srcOpts = append(srcOpts, source.WithPlainHTTP())
 	}
 	if f.platform != "" {
-		ps, err := artifact.ParsePlatforms(f.platform)
-		if err != nil || len(ps) != 1 {
-			return fmt.Errorf("--platform: want one os/arch[/variant], got %q", f.platform)
+		p, err := onePlatform(f.platform)
+		if err != nil {
+			return err
 		}
-		srcOpts = append(srcOpts, source.WithPlatform(ps[0]))
+		srcOpts = append(srcOpts, source.WithPlatform(p))
 	}
 	store, err := blockcache.OpenStore(ctx, f.cacheDir, cacheSize, blockcache.WithHotBytes(memCache))
 	if err != nil {
