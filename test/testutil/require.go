@@ -30,7 +30,7 @@ func Require(t testing.TB, needs ...Need) {
 		missing = append(missing, n.missing()...)
 	}
 	if len(missing) > 0 {
-		t.Fatalf("missing prerequisite(s); `make test` installs them (scripts/install-deps.sh) and runs as root:\n\t%s",
+		t.Fatalf("missing prerequisite(s); under make test (root, after scripts/install-deps.sh) none may be missing:\n\t%s",
 			strings.Join(missing, "\n\t"))
 	}
 }

@@ -100,8 +100,8 @@ func (r *report) event(e event) {
 		io.WriteString(r.w, e.Output)
 		return
 	}
-	if e.Package == "" {
-		return // build-fail: its package's fail event follows
+	if e.Action == "build-fail" {
+		return // its package's fail event follows
 	}
 	p := r.pkg(e.Package)
 	switch {
