@@ -37,10 +37,13 @@ build: ## build bin/sluice and bin/sluiced
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/sluice ./cmd/sluice
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/sluiced ./cmd/sluiced
 
+# The test run ends with test/internal/testreport's summary: skipped tests by
+# reason; a failure, or a skip whose reason is not in SKIPS_ALLOW, fails it.
+SKIPS_ALLOW   := test/skips.allow
+
 .PHONY: test
-test: deps ## install deps, go vet, go test -race, short fuzz runs
+test: deps ## install deps, go vet, short fuzz runs, go test -race ending with the skips by reason
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 	@for f in $(FUZZ); do \
 		pkg="$${f%%:*}"; name="$${f#*:}"; \
 		listed="$$($(GO) test -list "^$$name\$$" "$$pkg")"; \
@@ -48,6 +51,8 @@ test: deps ## install deps, go vet, go test -race, short fuzz runs
 		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
 	done
+	$(GO) build -o $(BIN)/testreport ./test/internal/testreport
+	$(GO) test -json -race -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./... | $(BIN)/testreport -allow $(SKIPS_ALLOW)
 
 .PHONY: demo
 demo: deps build ## run the end-to-end demo (local registry, convert, inspect, lazy container start vs full pull; root)

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 func chunkOf(seed uint64, n int) ([32]byte, []byte) {
@@ -251,9 +253,7 @@ func crashChild() {
 }
 
 func TestStoreCrashMidWrite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a child process")
-	}
+	testutil.SkipIfShort(t, "starts a child process")
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)

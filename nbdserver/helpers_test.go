@@ -174,16 +174,6 @@ func newServer(t testing.TB, exports []Export, opts ...Option) *Server {
 	return s
 }
 
-// needTool skips the test when a client binary is missing.
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s not found (install it with scripts/install-deps.sh): %v", name, err)
-	}
-	return path
-}
-
 func nbdURI(export, sock string) string {
 	return fmt.Sprintf("nbd+unix:///%s?socket=%s", export, sock)
 }

@@ -24,7 +24,7 @@ func toolExports(t *testing.T) ([]byte, string, []Export) {
 }
 
 func TestNbdinfo(t *testing.T) {
-	needTool(t, "nbdinfo")
+	testutil.Require(t, testutil.Tool("nbdinfo"))
 	data, _, exports := toolExports(t)
 	sock, _ := serveUnix(t, newServer(t, exports))
 
@@ -65,7 +65,7 @@ func TestNbdinfo(t *testing.T) {
 }
 
 func TestNbdcopy(t *testing.T) {
-	needTool(t, "nbdcopy")
+	testutil.Require(t, testutil.Tool("nbdcopy"))
 	data, _, exports := toolExports(t)
 	sock, l := serveUnix(t, newServer(t, exports))
 	dir := t.TempDir()
@@ -105,10 +105,7 @@ func TestNbdcopy(t *testing.T) {
 // nbdsh runs a Python script in nbdsh connected to uri.
 func nbdsh(t *testing.T, uri, script string) []byte {
 	t.Helper()
-	needTool(t, "nbdsh")
-	if out, err := runErr(t, "nbdsh", "--version"); err != nil {
-		t.Skipf("nbdsh does not run (is python3-libnbd installed for /usr/bin/python3?): %v\n%s", err, out)
-	}
+	testutil.Require(t, testutil.Nbdsh)
 	return run(t, "nbdsh", "-u", uri, "-c", script)
 }
 

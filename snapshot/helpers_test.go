@@ -16,14 +16,6 @@ import (
 	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
-// requireRoot skips tests that mount.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts overlayfs, ext4, FUSE and loop devices")
-	}
-}
-
 // testContext carries a logger writing to the test's log.
 func testContext(t *testing.T) context.Context {
 	l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)

@@ -6,6 +6,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestSnapshotterSuite runs containerd's snapshotter test suite against the
@@ -15,7 +17,7 @@ import (
 // sluice leaves off, as containerd's overlay snapshotter does, because
 // containerd's diff of an upper directory does not understand redirects.
 func TestSnapshotterSuite(t *testing.T) {
-	requireRoot(t)
+	testutil.Require(t, testutil.Root) // mounts overlayfs
 	testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
 		s, err := New(ctx, root, nil, nil)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // blobGETs returns the digests of the blobs GET since mark (in any
@@ -64,9 +65,7 @@ func TestCRIPullStreams(t *testing.T) {
 		testCRIPullStreams(t, e, nodeOpts{containerd: ctrd})
 	})
 	t.Run(containerdtest.V2.String()+"-config2", func(t *testing.T) {
-		if err := containerdtest.V2.Available(); err != nil {
-			t.Skip(err)
-		}
+		testutil.Require(t, testutil.Check(containerdtest.V2.String(), containerdtest.V2.Available))
 		testCRIPullStreams(t, e, nodeOpts{containerd: containerdtest.V2, configVersion: 2})
 	})
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"github.com/sluice-project/sluice/test/internal/debregistry"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // env is what every test shares: the built binaries, the registry and the
@@ -45,7 +46,6 @@ type env struct {
 var (
 	shared     *env
 	sharedErr  error
-	sharedSkip string
 	sharedOnce sync.Once
 )
 
@@ -61,25 +61,16 @@ func TestMain(m *testing.M) {
 var needed = []string{debregistry.Binary, containerdtest.Binary, "ctr", "runc", "containerd-shim-runc-v2",
 	"umoci", "chroot", "nbdfuse", "nbdkit", "nbdinfo", "losetup", "fusermount3"}
 
-// getEnv sets the shared environment up on first use, and skips the test
-// if the machine cannot run it.
+// getEnv sets the shared environment up on first use; the test fails,
+// naming what is missing, unless it runs as root (containerd, mounts, loop
+// devices, FUSE) with the commands it needs.
 func getEnv(t *testing.T) *env {
 	t.Helper()
+	testutil.Require(t, testutil.Root, testutil.Tool(needed...), testutil.Check("crictl", func() error {
+		_, err := containerdtest.CrictlPath()
+		return err
+	}))
 	sharedOnce.Do(func() {
-		if os.Geteuid() != 0 {
-			sharedSkip = "needs root (containerd, mounts, loop devices, FUSE)"
-			return
-		}
-		for _, tool := range needed {
-			if _, err := exec.LookPath(tool); err != nil {
-				sharedSkip = fmt.Sprintf("%s not found (install it with scripts/install-deps.sh): %v", tool, err)
-				return
-			}
-		}
-		if _, err := containerdtest.CrictlPath(); err != nil {
-			sharedSkip = err.Error()
-			return
-		}
 		start := time.Now()
 		shared, sharedErr = setup()
 		if sharedErr == nil {
@@ -87,9 +78,6 @@ func getEnv(t *testing.T) *env {
 				shared.registry.Addr, len(shared.images), time.Since(start).Round(time.Millisecond))
 		}
 	})
-	if sharedSkip != "" {
-		t.Skip(sharedSkip)
-	}
 	if sharedErr != nil {
 		t.Fatalf("test environment: %v", sharedErr)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"github.com/sluice-project/sluice/test/internal/debregistry"
 	"github.com/sluice-project/sluice/test/internal/proc"
+	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
 
@@ -97,14 +98,12 @@ func newNode(t *testing.T, e *env, opts nodeOpts) *node {
 
 // forEachContainerd runs f as a subtest against each containerd version
 // the harness knows (Debian's 1.6, and 2.x from scripts/install-deps.sh),
-// named after it; a version that is not installed skips its subtest,
+// named after it; a version that is not installed fails its subtest,
 // saying how to install it.
 func forEachContainerd(t *testing.T, f func(t *testing.T, ctrd containerdtest.Version)) {
 	for _, v := range containerdtest.Versions {
 		t.Run(v.String(), func(t *testing.T) {
-			if err := v.Available(); err != nil {
-				t.Skip(err)
-			}
+			testutil.Require(t, testutil.Check(v.String(), v.Available))
 			f(t, v)
 		})
 	}

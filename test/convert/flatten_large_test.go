@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-project/sluice/test/internal/imagebuild"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestFlattenLarge holds the acceptance cases that move the most data. They
@@ -33,14 +34,8 @@ const sparseSize = 4<<30 + 8<<10
 // of memory until the case ends, and no disk. The flattened image may be
 // sparse or not; the peak disk use of the case is logged.
 func sparseCase(t *testing.T, e *env) {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(tmpBase, &fs); err != nil {
-		t.Fatal(err)
-	}
-	if free := int64(fs.Bavail) * fs.Bsize; free < 2*sparseSize {
-		t.Skipf("needs %d GiB free in %s in case the flattened image is not sparse, has %d MiB",
-			2*sparseSize>>30, tmpBase, free>>20)
-	}
+	// In case the flattened image is not sparse.
+	testutil.Require(t, testutil.FreeSpace(tmpBase, 2*sparseSize))
 	d := newCaseDirs(t)
 	refOnTmpfs(t, d, sparseSize+64<<20)
 	defer logPeakDiskUse(t, tmpBase)()
@@ -104,9 +99,7 @@ func sparseSource(t *testing.T, d caseDirs, name string, size int64, data map[in
 // holes were not stored.
 func gnuTar(t *testing.T, dir, name string, flags ...string) []byte {
 	t.Helper()
-	if _, err := exec.LookPath("tar"); err != nil {
-		t.Skip("needs GNU tar to write sparse layers")
-	}
+	testutil.Require(t, testutil.Tool("tar")) // GNU tar writes the sparse layers
 	args := append([]string{"--sparse", "--numeric-owner", "--owner=0", "--group=0",
 		"--mtime=@1700000000", "-C", dir, "-cf", "-"}, flags...)
 	out, err := exec.Command("tar", append(args, name)...).Output()

@@ -37,14 +37,12 @@ type env struct {
 	repos    atomic.Int64
 }
 
-// newEnv skips the test unless it runs as root with working loop devices,
-// and starts an in-process registry.
+// newEnv fails the test unless it runs as root with working loop devices
+// (it mounts the exported ext4 image on one), and starts an in-process
+// registry.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts the exported ext4 image on a loop device")
-	}
-	testutil.RequireLoop(t)
+	testutil.Require(t, testutil.Root, testutil.Loop)
 	return &env{registry: testutil.Registry(t)}
 }
 

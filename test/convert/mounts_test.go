@@ -6,15 +6,14 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // fsck fails the test unless e2fsck finds the image clean.
 func fsck(t *testing.T, img string) {
 	t.Helper()
-	if _, err := exec.LookPath("e2fsck"); err != nil {
-		t.Log("e2fsck not installed: image not checked")
-		return
-	}
+	testutil.Require(t, testutil.Tool("e2fsck"))
 	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck -fn: %v\n%s", err, lastLines(out, 30))
 	}

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // nbdcopyExport copies uri to a file with nbdcopy and returns the bytes.
@@ -32,7 +34,7 @@ func nbdcopy(dir, uri string, args ...string) ([]byte, error) {
 // cold copy fetches each stored chunk exactly once (its data blob bytes
 // equal the blob's size), the warm one fetches nothing.
 func TestNbdcopy(t *testing.T) {
-	needTool(t, "nbdcopy")
+	testutil.Require(t, testutil.Tool("nbdcopy"))
 	e := getEnv(t)
 	srv := e.startServer(t, serveOpts{})
 

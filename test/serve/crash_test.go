@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluice-project/sluice/test/internal/faultproxy"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // cacheScan is what a chunk cache directory holds: chunk files by name
@@ -77,7 +78,7 @@ const minCachedAtKill = 12
 // of the whole export equals the ext4 image, and every cache file matches
 // its name.
 func TestKill9DuringBackgroundFetch(t *testing.T) {
-	needTool(t, "nbdcopy")
+	testutil.Require(t, testutil.Tool("nbdcopy"))
 	e := getEnv(t)
 	cacheDir := filepath.Join(shortTempDir(t), "cache")
 	// The first range of up to 4 MiB goes at once, the next after about

@@ -10,7 +10,7 @@ import (
 // cache: a random 4 KiB read job at queue depth 16, then a sequential 1 MiB
 // one, 2 s each. Both must finish without error having read something.
 func TestFio(t *testing.T) {
-	needTool(t, "fio")
+	testutil.Require(t, testutil.Tool("fio"))
 	e := getEnv(t)
 	srv := e.startServer(t, serveOpts{})
 	testutil.Fio(t, srv.uri(e.image))

@@ -24,6 +24,7 @@ import (
 	"github.com/sluice-project/sluice/test/internal/debregistry"
 	"github.com/sluice-project/sluice/test/internal/faultproxy"
 	"github.com/sluice-project/sluice/test/internal/imagebuild"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // chunkSize is the artifact's chunk size: small, so the few MiB test image
@@ -55,7 +56,6 @@ type env struct {
 var (
 	shared     *env
 	sharedErr  error
-	sharedSkip string
 	sharedOnce sync.Once
 )
 
@@ -67,17 +67,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// getEnv sets the shared environment up on first use, and skips the test
-// if a tool it needs is missing. Each test leaves the proxy in Pass mode.
+// getEnv sets the shared environment up on first use; the test fails,
+// naming it, if a tool it needs is missing. Each test leaves the proxy in
+// Pass mode.
 func getEnv(t *testing.T) *env {
 	t.Helper()
+	testutil.Require(t, testutil.Tool(debregistry.Binary, "nbdinfo"))
 	sharedOnce.Do(func() {
-		for _, tool := range []string{debregistry.Binary, "nbdinfo"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				sharedSkip = fmt.Sprintf("%s not found (install it with scripts/install-deps.sh): %v", tool, err)
-				return
-			}
-		}
 		start := time.Now()
 		shared, sharedErr = setup()
 		if sharedErr == nil {
@@ -85,9 +81,6 @@ func getEnv(t *testing.T) *env {
 				shared.image, len(shared.ref), len(shared.index.Chunks), len(shared.distinct), shared.dataLen, time.Since(start).Round(time.Millisecond))
 		}
 	})
-	if sharedSkip != "" {
-		t.Skip(sharedSkip)
-	}
 	if sharedErr != nil {
 		t.Fatalf("test environment: %v", sharedErr)
 	}
@@ -370,16 +363,6 @@ func mustRun(t *testing.T, timeout time.Duration, name string, args ...string) [
 }
 
 func toolEnv() []string { return append(os.Environ(), "PATH=/usr/bin:"+os.Getenv("PATH")) }
-
-// needTool skips the test if a command is missing.
-func needTool(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			t.Skipf("%s not found (install it with scripts/install-deps.sh): %v", n, err)
-		}
-	}
-}
 
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")

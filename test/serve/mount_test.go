@@ -21,14 +21,9 @@ import (
 // mounted read-only from it holds the files put in the image, with the
 // same sha256, and not the file the upper layer deleted.
 func TestMountThroughNbdfuse(t *testing.T) {
-	needTool(t, "nbdfuse", "losetup", "mount", "umount")
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: attaches a loop device and mounts ext4")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("needs FUSE for nbdfuse: %v", err)
-	}
-	testutil.RequireLoop(t)
+	// Root attaches a loop device and mounts ext4; nbdfuse needs FUSE.
+	testutil.Require(t, testutil.Root, testutil.Device("/dev/fuse"),
+		testutil.Tool("nbdfuse", "losetup", "mount", "umount"), testutil.Loop)
 	e := getEnv(t)
 	srv := e.startServer(t, serveOpts{})
 	dir := shortTempDir(t)

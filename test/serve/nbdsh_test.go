@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // shell is one nbdsh process holding ONE NBD connection, driven line by
@@ -51,10 +53,7 @@ for line in sys.stdin:
 // openShell connects nbdsh to uri and waits until it is connected.
 func openShell(t *testing.T, uri string) *shell {
 	t.Helper()
-	needTool(t, "nbdsh")
-	if out, err := run(t, 30*time.Second, "nbdsh", "--version"); err != nil {
-		t.Skipf("nbdsh does not run (is python3-libnbd installed for /usr/bin/python3?): %v\n%s", err, out)
-	}
+	testutil.Require(t, testutil.Nbdsh)
 	s := &shell{lines: make(chan string, 16), done: make(chan struct{})}
 	s.cmd = exec.Command("nbdsh", "-u", uri, "-c", shellScript)
 	s.cmd.Env = toolEnv()

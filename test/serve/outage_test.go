@@ -18,7 +18,7 @@ import (
 // the read timeout: every read waits and succeeds, and the copy equals the
 // ext4 image.
 func TestNbdcopyThroughOutage(t *testing.T) {
-	needTool(t, "nbdcopy")
+	testutil.Require(t, testutil.Tool("nbdcopy"))
 	e := getEnv(t)
 	srv := e.startServer(t, serveOpts{})
 	before := e.proxy.Stats()

@@ -1,7 +1,7 @@
 // Package testutil holds helpers that the tests of several sluice packages
 // share: an in-process registry, NBD clients (nbdinfo, fio's nbd engine)
-// with their output decoded, probes that skip a test when the machine
-// cannot run it.
+// with their output decoded, and Require, the one way a test states what
+// it needs (root, tools, devices), failing with what is missing.
 //
 // It is for tests only: no non-test code may import it. It is not under
 // test/internal, so that the unit tests of imageconv, blockcache, nbdserver

@@ -9,7 +9,7 @@ import (
 // Fio runs fio's nbd engine read-only against the NBD URI uri, one subtest
 // per job: random 4 KiB reads at queue depth 16, then sequential 1 MiB
 // reads at depth 4, 2 s each. Each job must finish without error having
-// read something. Callers skip the test first if fio is not installed.
+// read something. Callers require fio first (Require(t, Tool("fio"))).
 func Fio(t *testing.T, uri string) {
 	t.Helper()
 	for _, job := range []struct {

@@ -29,7 +29,7 @@ type NBDInfoOutput struct {
 
 // NBDInfo runs `nbdinfo --json` with args (an NBD URI, after --list for
 // every export) and decodes what it prints; the test fails if nbdinfo
-// does. Callers skip the test first if nbdinfo is not installed.
+// does. Callers require nbdinfo first (Require(t, Tool("nbdinfo"))).
 func NBDInfo(t testing.TB, args ...string) NBDInfoOutput {
 	t.Helper()
 	out := runTool(t, "nbdinfo", append([]string{"--json"}, args...)...)

@@ -2,14 +2,13 @@ package debregistry
 
 import (
 	"net/http"
-	"os/exec"
 	"testing"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 func TestAccessLog(t *testing.T) {
-	if _, err := exec.LookPath(Binary); err != nil {
-		t.Skipf("%s not found (install it with scripts/install-deps.sh): %v", Binary, err)
-	}
+	testutil.Require(t, testutil.Tool(Binary))
 	r, err := Start(t.TempDir(), WithAccessLog())
 	if err != nil {
 		t.Fatal(err)

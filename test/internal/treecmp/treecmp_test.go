@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // deepDirs are nested 255-byte names, together longer than PATH_MAX.
@@ -241,8 +243,8 @@ func TestCompare(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if c.needRoot && os.Geteuid() != 0 {
-				t.Skip("needs root")
+			if c.needRoot {
+				testutil.Require(t, testutil.Root)
 			}
 			got := filepath.Join(t.TempDir(), "got")
 			if err := os.Mkdir(got, 0o755); err != nil {

@@ -8,15 +8,15 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestFindAndSweep makes one of each (a tmpfs mount, a loop device on a
 // file below it, a process naming the dir) and checks that Find sees them
 // and Sweep removes them.
 func TestFindAndSweep(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mounts, loop devices)")
-	}
+	testutil.Require(t, testutil.Root, testutil.Loop) // mounts, loop devices
 	dir := t.TempDir()
 	mnt := filepath.Join(dir, "a dir") // a space: mountinfo escapes it
 	if err := os.Mkdir(mnt, 0o755); err != nil {
@@ -32,7 +32,7 @@ func TestFindAndSweep(t *testing.T) {
 	}
 	out, err := exec.Command("losetup", "-r", "-f", "--show", img).CombinedOutput()
 	if err != nil {
-		t.Skipf("no loop device: %v: %s", err, out)
+		t.Fatalf("losetup -r -f --show: %v: %s", err, out)
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
