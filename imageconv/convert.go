@@ -15,8 +15,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/sluice-project/sluice/imageconv/artifact"
+	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 )
 
 // Summary describes one conversion.
@@ -41,13 +43,16 @@ type Result struct {
 	Source v1.Descriptor
 	// Artifact is the digest of the artifact manifest.
 	Artifact v1.Hash
-	Summary  Summary
+	// Signature is the digest of its signature's manifest (WithSignKey).
+	Signature v1.Hash
+	Summary   Summary
 }
 
 // Convert flattens image (for a multi-platform image, every platform or
 // those given by WithPlatforms), and pushes one artifact per platform into
-// image's repository. It builds every platform before it pushes any, so a
-// failure pushes nothing; temporary files are always removed.
+// image's repository (each signed, with WithSignKey). It builds every
+// platform before it pushes any, so a failure pushes nothing; temporary
+// files are always removed.
 func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error) {
 	o := newOptions(opts)
 	if err := artifact.ValidateChunkSize(o.chunkSize); err != nil {
@@ -83,10 +88,21 @@ func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error
 		builds[i] = b
 		results[i] = Result{Platform: t.platform, Source: t.desc, Artifact: b.manifest.Digest, Summary: sum}
 	}
+	if o.dryRun {
+		return results, nil
+	}
 	for i, b := range builds {
 		start := time.Now()
 		if err := push(ctx, ref.Context(), b, o); err != nil {
 			return nil, err
+		}
+		if o.signKey != nil {
+			desc := v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: b.manifest.Digest, Size: int64(len(b.manifest.Raw))}
+			sig, err := signature.Sign(ctx, ref.Context(), desc, o.signKey, o.registry...)
+			if err != nil {
+				return nil, err
+			}
+			results[i].Signature = sig.Digest
 		}
 		results[i].Summary.Elapsed += time.Since(start)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/sluice-project/sluice/imageconv/artifact"
+	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 )
 
 // Option configures Convert and Export.
@@ -21,6 +22,8 @@ type options struct {
 	chunkSize int64
 	workDir   string
 	progress  Progress
+	signKey   *signature.PrivateKey
+	dryRun    bool
 	// registry holds what reaching the registry takes (plain HTTP,
 	// credentials, remote options), for the artifact package's calls and
 	// our own.
@@ -58,6 +61,15 @@ func WithWorkDir(dir string) Option { return func(o *options) { o.workDir = dir 
 
 // WithProgress reports progress of long steps to p.
 func WithProgress(p Progress) Option { return func(o *options) { o.progress = p } }
+
+// WithSignKey signs each artifact Convert pushes with key (package
+// signature), storing the signature next to it.
+func WithSignKey(key *signature.PrivateKey) Option { return func(o *options) { o.signKey = key } }
+
+// WithDryRun makes Convert build the artifacts and report their digests
+// without pushing anything (conversion is deterministic: a digest says
+// what a conversion would push).
+func WithDryRun() Option { return func(o *options) { o.dryRun = true } }
 
 // WithKeychain resolves registry credentials with k instead of the docker
 // config and credential helpers.

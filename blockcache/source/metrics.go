@@ -36,13 +36,14 @@ var (
 	descCacheLimit   = desc("cache_limit_bytes", "Bound of the chunk cache (cache.size).")
 	descCacheChunks  = desc("cache_chunks", "Chunks in the chunk cache.")
 	descEvictions    = desc("cache_evictions_total", "Chunks evicted from the cache for room.")
+	descRejected     = desc("rejected_artifacts_total", "Artifacts of images that were not used (grafted, unsigned, badly signed, ambiguous, corrupt), by reason.", "reason")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descFetched, descBackground, descFetches, descHits, descMisses, descCorrupt, descReads,
 		descReadErrors, descTimeouts, descFault, descPercent, descImageFetched, descExports,
-		descCacheUsed, descCacheLimit, descCacheChunks, descEvictions,
+		descCacheUsed, descCacheLimit, descCacheChunks, descEvictions, descRejected,
 	} {
 		ch <- d
 	}
@@ -81,4 +82,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descCacheLimit, float64(ss.Limit))
 	gauge(descCacheChunks, float64(ss.Chunks))
 	counter(descEvictions, float64(ss.Evictions))
+	for reason, n := range c.s.Rejected() {
+		counter(descRejected, float64(n), reason)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/sluice-project/sluice/imageconv/artifact"
+	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 )
 
 // ErrBadReference means an image reference or manifest digest does not
@@ -16,6 +17,10 @@ const (
 	ReasonBadReference = "bad image reference"
 	ReasonNoArtifact   = "no artifact"
 	ReasonBadIndex     = "artifact index corrupt"
+	ReasonAmbiguous    = "several artifacts, none trusted"
+	ReasonSeveral      = "several trusted artifacts"
+	ReasonUntrusted    = "no trusted artifact"
+	ReasonWrongSubject = "artifact not for this image"
 	ReasonUnreachable  = "registry unreachable"
 	ReasonDenied       = "registry denied access"
 	ReasonOther        = "artifact lookup failed"
@@ -29,6 +34,14 @@ func Reason(err error) string {
 		return ReasonBadReference
 	case errors.Is(err, artifact.ErrNoArtifact):
 		return ReasonNoArtifact
+	case errors.Is(err, artifact.ErrAmbiguous):
+		return ReasonAmbiguous
+	case errors.Is(err, artifact.ErrSeveralTrusted):
+		return ReasonSeveral
+	case errors.Is(err, artifact.ErrUntrusted):
+		return ReasonUntrusted
+	case errors.Is(err, artifact.ErrWrongSubject):
+		return ReasonWrongSubject
 	case errors.Is(err, artifact.ErrBadIndex):
 		return ReasonBadIndex
 	case errors.Is(err, artifact.ErrRegistryDenied):
@@ -37,4 +50,28 @@ func Reason(err error) string {
 		return ReasonUnreachable
 	}
 	return ReasonOther
+}
+
+// RejectionReason labels why one artifact of an image was not used (an
+// artifact.Rejection's error), for logs and metrics.
+func RejectionReason(err error) string {
+	switch {
+	case errors.Is(err, artifact.ErrAmbiguous):
+		return "ambiguous"
+	case errors.Is(err, signature.ErrUnsigned):
+		return "unsigned"
+	case errors.Is(err, signature.ErrOtherManifest):
+		return "signature of another manifest"
+	case errors.Is(err, signature.ErrCorruptBundle):
+		return "corrupt signature"
+	case errors.Is(err, signature.ErrUnknownKey):
+		return "unknown key"
+	case errors.Is(err, artifact.ErrUntrusted):
+		return "untrusted"
+	case errors.Is(err, artifact.ErrWrongSubject):
+		return "not for this image"
+	case errors.Is(err, artifact.ErrBadIndex):
+		return "corrupt artifact"
+	}
+	return "other"
 }

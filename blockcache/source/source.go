@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -65,6 +66,7 @@ type Source struct {
 	open       map[string]*shared // by export name
 	byManifest map[string]string  // manifest digest -> export name, while open
 	retired    blockcache.Stats   // of images closed since New
+	rejected   map[string]uint64  // artifacts not used, by RejectionReason
 }
 
 // shared is one open image and its users.
@@ -87,8 +89,29 @@ func New(ctx context.Context, store *blockcache.Store, exporter Exporter, opts .
 	}
 	return &Source{
 		ctx: ctx, store: store, exporter: exporter, cfg: cfg, saved: savedDir{dir: cfg.saveDir},
-		open: map[string]*shared{}, byManifest: map[string]string{},
+		open: map[string]*shared{}, byManifest: map[string]string{}, rejected: map[string]uint64{},
 	}
+}
+
+// noteRejected logs and counts the artifacts of req's image that a lookup
+// did not use.
+func (s *Source) noteRejected(req Request, rs []artifact.Rejection) {
+	for _, r := range rs {
+		reason := RejectionReason(r.Err)
+		zerolog.Ctx(s.ctx).Warn().Err(r.Err).Str("image", req.String()).Str("artifact", r.Descriptor.Digest.String()).
+			Str("reason", reason).Msg("artifact not used")
+		s.mu.Lock()
+		s.rejected[reason]++
+		s.mu.Unlock()
+	}
+}
+
+// Rejected returns how many artifacts lookups did not use since New, by
+// RejectionReason.
+func (s *Source) Rejected() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.rejected)
 }
 
 // Handle is one user's reference to an open image.
@@ -179,6 +202,9 @@ func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (a
 	if s.plain(ref) {
 		opts = append(opts, artifact.WithPlainHTTP())
 	}
+	if s.cfg.verifier != nil {
+		opts = append(opts, artifact.WithVerifier(s.cfg.verifier))
+	}
 	if req.ManifestDigest != "" {
 		art, err = artifact.LookupManifest(ctx, req.Image, req.ManifestDigest, opts...)
 	} else {
@@ -188,14 +214,26 @@ func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (a
 		art, err = artifact.Lookup(ctx, req.Image, opts...)
 	}
 	if err == nil {
+		s.noteRejected(req, art.Rejected)
 		return art, true, nil
+	}
+	var serr *artifact.SelectionError
+	if errors.As(err, &serr) {
+		s.noteRejected(req, serr.Rejected)
 	}
 	if !errors.Is(err, artifact.ErrRegistryUnreachable) {
 		return nil, false, err
 	}
-	saved, serr := s.saved.load(req.String(), s.nameOptions(ref)...)
-	if serr != nil {
+	saved, lerr := s.saved.load(req.String(), s.nameOptions(ref)...)
+	if lerr != nil {
 		return nil, false, err
+	}
+	if s.cfg.verifier != nil && !s.cfg.verifier.Accepts(saved.Verdict) {
+		// Trusted under another policy or key than now's: the saved
+		// verdict does not carry over.
+		rej := fmt.Errorf("%w: saved artifact %s was trusted as %q, which the trust policy does not accept", artifact.ErrUntrusted, saved.Descriptor.Digest, saved.Verdict.Policy)
+		s.noteRejected(req, []artifact.Rejection{{Descriptor: saved.Descriptor, Err: rej}})
+		return nil, false, fmt.Errorf("%w (%w)", rej, err)
 	}
 	zerolog.Ctx(s.ctx).Warn().Err(err).Str("image", req.String()).Str("artifact", saved.Descriptor.Digest.String()).
 		Msg("registry unreachable: serving the image from the artifact looked up before")
@@ -335,6 +373,7 @@ type options struct {
 	platform     *v1.Platform
 	imageOpts    []blockcache.Option
 	saveDir      string
+	verifier     artifact.Verifier
 }
 
 // WithKeychain resolves registry credentials with k (default: the docker
@@ -364,6 +403,12 @@ func WithPlatform(p v1.Platform) Option { return func(c *options) { c.platform =
 func WithImageOptions(opts ...blockcache.Option) Option {
 	return func(c *options) { c.imageOpts = append(c.imageOpts, opts...) }
 }
+
+// WithVerifier uses only artifacts v trusts (trust policy "signed"); by
+// default an image's one artifact is used, and several are refused as
+// ambiguous. A saved artifact is used only if v accepts the verdict it was
+// saved with.
+func WithVerifier(v artifact.Verifier) Option { return func(c *options) { c.verifier = v } }
 
 // WithSaveDir keeps each open image's artifact in dir, for when the
 // registry is down (see the package comment).

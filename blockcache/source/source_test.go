@@ -20,6 +20,7 @@ import (
 	"github.com/sluice-project/sluice/blockcache"
 	"github.com/sluice-project/sluice/imageconv"
 	"github.com/sluice-project/sluice/imageconv/artifact"
+	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 	"github.com/sluice-project/sluice/test/testutil"
 )
 
@@ -61,6 +62,35 @@ type env struct {
 	store    *blockcache.Store
 	saveDir  string
 	exporter *exports
+	key      *signature.PrivateKey // signed app's artifact
+	pub      *signature.PublicKey
+}
+
+func writeKeys(t *testing.T, name string, priv, pub []byte) *signature.PrivateKey {
+	t.Helper()
+	t.Setenv(signature.PasswordEnv, "")
+	p := filepath.Join(t.TempDir(), name+".key")
+	if err := os.WriteFile(p, priv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := signature.LoadPrivateKey(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func loadPublic(t *testing.T, pub []byte) *signature.PublicKey {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "key.pub")
+	if err := os.WriteFile(p, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k, err := signature.LoadPublicKey(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func newEnv(t *testing.T) *env {
@@ -94,7 +124,14 @@ func newEnv(t *testing.T) *env {
 	}
 	e.app = push("app", testutil.LayerSpec{"etc/": "", "etc/hello": "hello\n"})
 	e.plain = push("plain", testutil.LayerSpec{"etc/": "", "etc/plain": "plain\n"})
-	if _, err := imageconv.Convert(ctx, e.app.Image, imageconv.WithPlainHTTP(), imageconv.WithWorkDir(t.TempDir()), imageconv.WithChunkSize(64<<10)); err != nil {
+	priv, pub, err := signature.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.key = writeKeys(t, "ci", priv, pub)
+	e.pub = loadPublic(t, pub)
+	if _, err := imageconv.Convert(ctx, e.app.Image, imageconv.WithPlainHTTP(), imageconv.WithWorkDir(t.TempDir()),
+		imageconv.WithChunkSize(64<<10), imageconv.WithSignKey(e.key)); err != nil {
 		t.Fatal(err)
 	}
 	store, err := blockcache.OpenStore(ctx, t.TempDir(), 1<<30)
@@ -220,5 +257,75 @@ func TestOpenErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(e.saveDir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSavedVerdict: an image opened under policy signed and saved keeps
+// its verdict: with the registry down, a process trusting the same key
+// opens it from what was saved, one trusting another key refuses it
+// (counted), and one without a verifier opens it.
+func TestSavedVerdict(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	v, err := signature.NewVerifier(e.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := e.source(WithVerifier(v))
+	h, err := first.Open(ctx, e.app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.Artifact().Verdict; got.Policy != signature.PolicySigned || got.Key != e.pub.ID() {
+		t.Fatalf("verdict %+v, want signed by %s", got, e.pub.ID())
+	}
+	first.Shutdown()
+	h.Close()
+	e.srv.Close()
+
+	second := e.source(WithVerifier(v))
+	h, err = second.Open(ctx, e.app)
+	if err != nil {
+		t.Fatalf("same key, registry down: %v", err)
+	}
+	second.Shutdown() // keeps the saved artifact for the next ones
+	h.Close()
+	_, otherPub, _ := signature.GenerateKey(nil)
+	other, _ := signature.NewVerifier(loadPublic(t, otherPub))
+	strict := e.source(WithVerifier(other))
+	_, err = strict.Open(ctx, e.app)
+	if !errors.Is(err, artifact.ErrUntrusted) || Reason(err) != ReasonUntrusted {
+		t.Errorf("another key, registry down: %v (reason %q), want the saved artifact refused", err, Reason(err))
+	}
+	if n := strict.Rejected()["untrusted"]; n != 1 {
+		t.Errorf("rejections counted: %v", strict.Rejected())
+	}
+	h, err = e.source().Open(ctx, e.app)
+	if err != nil {
+		t.Fatalf("no verifier, registry down: %v", err)
+	}
+	h.Close()
+}
+
+// TestUnsignedRefusedUnderSigned: under a verifier, the unsigned image
+// (here, one with a grafted-on unsigned artifact) is refused and the
+// rejection counted by reason.
+func TestUnsignedRefusedUnderSigned(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := imageconv.Convert(ctx, e.plain.Image, imageconv.WithPlainHTTP(), imageconv.WithWorkDir(t.TempDir())); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := signature.NewVerifier(e.pub)
+	src := e.source(WithVerifier(v))
+	_, err := src.Open(ctx, e.plain)
+	if !errors.Is(err, artifact.ErrUntrusted) || Reason(err) != ReasonUntrusted {
+		t.Fatalf("unsigned image under a verifier: %v (reason %q)", err, Reason(err))
+	}
+	if n := src.Rejected()["unsigned"]; n != 1 {
+		t.Errorf("rejections counted: %v, want one unsigned", src.Rejected())
+	}
+	if e.savedFiles() != 0 || e.exporter.added != 0 {
+		t.Error("a refused image was exported or saved")
 	}
 }

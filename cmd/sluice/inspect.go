@@ -11,11 +11,13 @@ import (
 
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
 	"github.com/sluice-project/sluice/imageconv/artifact"
+	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 )
 
 func newInspect(g *globals) *cobra.Command {
 	var platform string
 	var chunks bool
+	var keys []string
 	cmd := &cobra.Command{
 		Use:   "inspect [--plain-http] IMAGE",
 		Short: "Say whether IMAGE has a sluice artifact and print its geometry",
@@ -29,6 +31,13 @@ with status 3 if IMAGE has no artifact (convert it with "sluice convert").`,
 			opts, err := lookupOptions(g, platform)
 			if err != nil {
 				return err
+			}
+			if len(keys) > 0 {
+				v, err := loadVerifier(keys)
+				if err != nil {
+					return fmt.Errorf("--key: %w", err)
+				}
+				opts = append(opts, artifact.WithVerifier(v))
 			}
 			a, err := artifact.Lookup(cmd.Context(), args[0], opts...)
 			if errors.Is(err, artifact.ErrNoArtifact) {
@@ -51,8 +60,9 @@ with status 3 if IMAGE has no artifact (convert it with "sluice convert").`,
 			if a.Profile != nil {
 				fmt.Fprintf(w, "profile\t%s\n", a.Profile.Digest)
 			}
-			if a.Others > 0 {
-				fmt.Fprintf(w, "note\t%d more sluice artifacts refer to this image; showing the first by digest\n", a.Others)
+			fmt.Fprintf(w, "trust\t%s\n", verdictString(a.Verdict))
+			for _, r := range a.Rejected {
+				fmt.Fprintf(w, "not used\t%s: %v\n", r.Descriptor.Digest, r.Err)
 			}
 			w.Flush()
 			if chunks {
@@ -68,6 +78,27 @@ with status 3 if IMAGE has no artifact (convert it with "sluice convert").`,
 		},
 	}
 	cmd.Flags().StringVar(&platform, "platform", "", "platform of a multi-platform image (default: this machine's, linux/ARCH)")
+	cmd.Flags().StringSliceVar(&keys, "key", nil, "use only an artifact signed by one of these public keys (PEM, as cosign.pub), as a node with trust.policy = \"signed\" does")
 	cmd.Flags().BoolVar(&chunks, "chunks", false, "also print one line per chunk: INDEX DIGEST STORED_LENGTH")
 	return cmd
+}
+
+// verdictString says why an artifact is trusted.
+func verdictString(v artifact.Verdict) string {
+	if v.Key != "" {
+		return v.Policy + " (key " + v.Key + ")"
+	}
+	return v.Policy
+}
+
+func loadVerifier(paths []string) (*signature.Verifier, error) {
+	keys := make([]*signature.PublicKey, len(paths))
+	for i, p := range paths {
+		k, err := signature.LoadPublicKey(p)
+		if err != nil {
+			return nil, err
+		}
+		keys[i] = k
+	}
+	return signature.NewVerifier(keys...)
 }

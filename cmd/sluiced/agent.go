@@ -114,6 +114,12 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	if len(cfg.PlainHTTP) > 0 {
 		srcOpts = append(srcOpts, source.WithPlainHTTP(cfg.PlainHTTP...))
 	}
+	if v := cfg.Trust.verifier; v != nil {
+		srcOpts = append(srcOpts, source.WithVerifier(v))
+		for _, k := range v.Keys() {
+			log.Info().Str("key", k.String()).Msg("trust: artifacts signed by this key")
+		}
+	}
 	a.src = source.New(ctx, a.store, cliutil.NBDExports{Server: a.nbd}, srcOpts...)
 
 	a.sn, err = snapshot.New(ctx, cfg.Root, streams{src: a.src, socket: cfg.NBDSocket}, att, snapshot.WithPolicy(policy))
@@ -137,7 +143,7 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		a.goServe("metrics", func() error { return a.web.Serve(ml) })
 	}
 	log.Info().Str("address", cfg.Address).Str("nbd_socket", cfg.NBDSocket).Str("metrics_address", cfg.MetricsAddress).
-		Str("policy", string(policy)).Str("root", cfg.Root).Str("cache_dir", cfg.Cache.Dir).Msg("sluiced ready")
+		Str("policy", string(policy)).Str("trust", cfg.Trust.Policy).Str("root", cfg.Root).Str("cache_dir", cfg.Cache.Dir).Msg("sluiced ready")
 	return a, nil
 }
 

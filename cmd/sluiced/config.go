@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluice-project/sluice/blockcache"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
+	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 )
 
 // Config is /etc/sluice/config.toml. Every field is optional; the comment
@@ -41,6 +42,21 @@ type Config struct {
 	// Default "/etc/sluice/credentials.json" (none while it does not exist).
 	CredentialsFile string      `toml:"credentials_file"`
 	Cache           CacheConfig `toml:"cache"`
+	Trust           TrustConfig `toml:"trust"`
+}
+
+// TrustConfig is the [trust] table: which artifacts may decide an image's
+// root filesystem.
+type TrustConfig struct {
+	// Policy is "any": an image's one artifact is used, signed or not, and
+	// several are refused as ambiguous; or "signed": only an artifact
+	// signed by one of Keys is used, the production setting. Default "any".
+	Policy string `toml:"policy"`
+	// Keys are the public key files (PEM, as cosign.pub) whose signatures
+	// are trusted under policy "signed". Default none.
+	Keys []string `toml:"keys"`
+
+	verifier *signature.Verifier
 }
 
 // CacheConfig is the [cache] table.
@@ -74,6 +90,7 @@ func defaultConfig() Config {
 		Policy:          "fallback",
 		Attacher:        "auto",
 		CredentialsFile: "/etc/sluice/credentials.json",
+		Trust:           TrustConfig{Policy: "any"},
 		Cache: CacheConfig{
 			Dir:              blockcache.DefaultStoreDir,
 			Size:             cliutil.FormatSizeExact(blockcache.DefaultStoreSize),
@@ -144,6 +161,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("plain_http: %q is not a registry host[:port]", r)
 		}
 	}
+	if err := c.Trust.validate(); err != nil {
+		return err
+	}
 	var err error
 	if c.Cache.size, err = cliutil.ParseSize(c.Cache.Size); err != nil || c.Cache.size == 0 {
 		return fmt.Errorf("cache.size: want a size such as \"10GiB\", got %q", c.Cache.Size)
@@ -161,4 +181,34 @@ func (c *Config) validate() error {
 		return fmt.Errorf("cache.fetch_concurrency: want 1 to 64, got %d", c.Cache.FetchConcurrency)
 	}
 	return nil
+}
+
+func (t *TrustConfig) validate() error {
+	switch t.Policy {
+	case "any":
+		if len(t.Keys) > 0 {
+			return fmt.Errorf("trust.keys: keys are used only under trust.policy = \"signed\" (policy is %q)", t.Policy)
+		}
+		return nil
+	case "signed":
+	default:
+		return fmt.Errorf("trust.policy: want \"any\" or \"signed\", got %q", t.Policy)
+	}
+	if len(t.Keys) == 0 {
+		return errors.New("trust.keys: trust.policy = \"signed\" needs at least one public key file")
+	}
+	keys := make([]*signature.PublicKey, len(t.Keys))
+	for i, p := range t.Keys {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("trust.keys: want absolute paths, got %q", p)
+		}
+		k, err := signature.LoadPublicKey(p)
+		if err != nil {
+			return fmt.Errorf("trust.keys: %w", err)
+		}
+		keys[i] = k
+	}
+	var err error
+	t.verifier, err = signature.NewVerifier(keys...)
+	return err
 }

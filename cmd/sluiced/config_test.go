@@ -29,6 +29,9 @@ func TestSampleConfigIsTheDefaults(t *testing.T) {
 	if len(c.PlainHTTP) == 0 {
 		c.PlainHTTP = nil // the sample's [] is the default's nil
 	}
+	if len(c.Trust.Keys) == 0 {
+		c.Trust.Keys = nil
+	}
 	if !reflect.DeepEqual(c, d) {
 		t.Errorf("sample %+v differs from defaults %+v", c, d)
 	}
@@ -52,6 +55,10 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		`root = `:                              "line 1",
 		"[cache]\nmemory_cache = \"much\"":     "cache.memory_cache:",
 		`credentials_file = "creds.json"`:      "credentials_file:",
+		"[trust]\npolicy = \"maybe\"":          "trust.policy:",
+		"[trust]\npolicy = \"signed\"":         "trust.keys: trust.policy = \"signed\" needs",
+		"[trust]\nkeys = [\"/k.pub\"]":         "trust.keys: keys are used only under",
+		"[trust]\npolicy = \"signed\"\nkeys = [\"/nonexistent/ci.pub\"]": "trust.keys: open /nonexistent/ci.pub",
 	} {
 		_, err := loadConfig(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -60,6 +67,16 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}
 	if _, err := loadConfig(filepath.Join(t.TempDir(), "missing.toml")); err == nil {
 		t.Error("a missing config file was accepted")
+	}
+	// A key file that does not parse stops the agent, naming the field and
+	// the file.
+	junk := filepath.Join(t.TempDir(), "junk.pub")
+	if err := os.WriteFile(junk, []byte("-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadConfig(writeConfig(t, "[trust]\npolicy = \"signed\"\nkeys = [\""+junk+"\"]\n"))
+	if err == nil || !strings.Contains(err.Error(), "trust.keys: public key "+junk) {
+		t.Errorf("a key file that does not parse: %v", err)
 	}
 }
 

@@ -72,3 +72,14 @@ func registryError(registry string, err error) error {
 	}
 	return &RegistryError{Registry: registry, Err: err}
 }
+
+// registryFailed reports whether err is the registry's failure (down,
+// denied), not the artifact's.
+func registryFailed(err error) bool {
+	var rerr *RegistryError
+	if errors.As(err, &rerr) {
+		return errors.Is(rerr, ErrRegistryUnreachable) || errors.Is(rerr, ErrRegistryDenied)
+	}
+	probe := &RegistryError{Err: err}
+	return probe.Is(ErrRegistryUnreachable) || probe.Is(ErrRegistryDenied)
+}

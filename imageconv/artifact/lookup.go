@@ -28,8 +28,11 @@ type Artifact struct {
 	// Data is the data blob's descriptor; Profile the optional profile's.
 	Data    v1.Descriptor
 	Profile *v1.Descriptor
-	// Others counts further sluice artifacts of the same subject.
-	Others int
+	// Verdict says why the artifact was trusted.
+	Verdict Verdict
+	// Rejected lists the other sluice artifacts of the subject and why
+	// they were not used.
+	Rejected []Rejection
 }
 
 // maxIndexBlob bounds the index blob Lookup reads: 1 TiB in 4 KiB chunks
@@ -111,17 +114,65 @@ func fetchArtifact(ctx context.Context, repo name.Repository, subject v1.Descrip
 	if len(cands) == 0 {
 		return nil, fmt.Errorf("%w for %s@%s", ErrNoArtifact, repo, subject.Digest)
 	}
-	// Several artifacts (say, converted with other chunk sizes): pick one
-	// deterministically.
+	// Listed in digest order so that messages are stable; the order never
+	// decides which artifact is used.
 	sort.Slice(cands, func(i, j int) bool { return cands[i].Digest.String() < cands[j].Digest.String() })
-	a := &Artifact{Repo: repo, Descriptor: cands[0], Subject: subject, Platform: platform, Others: len(cands) - 1}
-	desc, err := remote.Get(repo.Digest(cands[0].Digest.String()), ropts...)
+	var (
+		chosen   *Artifact
+		rejected []Rejection
+		trusted  int
+	)
+	for _, c := range cands {
+		a, err := readArtifact(ctx, repo, c, subject, platform, o)
+		if err == nil {
+			a.Verdict, err = o.trust(ctx, repo, a.Descriptor)
+		}
+		if err != nil {
+			if registryFailed(err) {
+				return nil, err // the registry, not the artifact, is at fault
+			}
+			rejected = append(rejected, Rejection{Descriptor: c, Err: err})
+			continue
+		}
+		trusted++
+		if chosen == nil {
+			chosen = a
+		} else {
+			rejected = append(rejected, Rejection{Descriptor: c, Err: ErrAmbiguous})
+		}
+	}
+	if trusted != 1 {
+		// None, or several: nothing says which one is the image's.
+		if chosen != nil {
+			rejected = append(rejected, Rejection{Descriptor: chosen.Descriptor, Err: ErrAmbiguous})
+		}
+		return nil, selectionError(repo, subject.Digest, rejected, trusted, o.verifier != nil)
+	}
+	chosen.Rejected = rejected
+	return chosen, nil
+}
+
+// readArtifact fetches and checks the artifact manifest c, which claims
+// subject, and its index blob.
+func readArtifact(ctx context.Context, repo name.Repository, c, subject v1.Descriptor, platform string, o *options) (*Artifact, error) {
+	ropts := o.remoteOptions(ctx)
+	a := &Artifact{Repo: repo, Descriptor: c, Subject: subject, Platform: platform}
+	desc, err := remote.Get(repo.Digest(c.Digest.String()), ropts...)
 	if err != nil {
-		return nil, fmt.Errorf("fetching artifact manifest %s: %w", cands[0].Digest, err)
+		return nil, fmt.Errorf("fetching artifact manifest %s: %w", c.Digest, err)
+	}
+	if Digest(desc.Manifest) != c.Digest {
+		return nil, fmt.Errorf("artifact %s: %w: the registry served a manifest of digest %s", c.Digest, ErrBadIndex, Digest(desc.Manifest))
 	}
 	var m manifest
 	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
-		return nil, fmt.Errorf("artifact %s: %w: %v", cands[0].Digest, ErrBadIndex, err)
+		return nil, fmt.Errorf("artifact %s: %w: %v", c.Digest, ErrBadIndex, err)
+	}
+	// A referrers list (above all the tag schema's, which anyone with push
+	// rights writes) can name any manifest: only one whose own subject is
+	// this image is for this image.
+	if m.Subject == nil || m.Subject.Digest != subject.Digest {
+		return nil, fmt.Errorf("artifact %s: %w: its subject is %v, not %s", c.Digest, ErrWrongSubject, subjectDigest(m.Subject), subject.Digest)
 	}
 	var indexDesc *v1.Descriptor
 	for i := range m.Layers {
@@ -135,10 +186,10 @@ func fetchArtifact(ctx context.Context, repo name.Repository, subject v1.Descrip
 		}
 	}
 	if indexDesc == nil || a.Data.Digest == (v1.Hash{}) {
-		return nil, fmt.Errorf("artifact %s: %w: it lacks an index or data blob", cands[0].Digest, ErrBadIndex)
+		return nil, fmt.Errorf("artifact %s: %w: it lacks an index or data blob", c.Digest, ErrBadIndex)
 	}
 	if indexDesc.Size > maxIndexBlob {
-		return nil, fmt.Errorf("artifact %s: %w: index blob of %d bytes", cands[0].Digest, ErrBadIndex, indexDesc.Size)
+		return nil, fmt.Errorf("artifact %s: %w: index blob of %d bytes", c.Digest, ErrBadIndex, indexDesc.Size)
 	}
 	l, err := remote.Layer(repo.Digest(indexDesc.Digest.String()), ropts...)
 	if err != nil {
@@ -163,4 +214,11 @@ func fetchArtifact(ctx context.Context, repo name.Repository, subject v1.Descrip
 		return nil, fmt.Errorf("index blob %s: %w: data blob is %d bytes, index says %d", indexDesc.Digest, ErrBadIndex, a.Data.Size, a.Index.DataSize)
 	}
 	return a, nil
+}
+
+func subjectDigest(d *v1.Descriptor) any {
+	if d == nil {
+		return "none"
+	}
+	return d.Digest
 }

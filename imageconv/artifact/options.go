@@ -19,6 +19,7 @@ type options struct {
 	platform  *v1.Platform
 	keychain  authn.Keychain
 	remote    []remote.Option
+	verifier  Verifier
 }
 
 func newOptions(opts []Option) *options {

@@ -17,11 +17,14 @@ type saved struct {
 	Data       v1.Descriptor  `json:"data"`
 	Profile    *v1.Descriptor `json:"profile,omitempty"`
 	Index      []byte         `json:"index"` // the binary index blob
+	Verdict    *Verdict       `json:"verdict,omitempty"`
 }
 
-// Marshal encodes what a Lookup found, index included, so that a process
-// can serve the image later without asking the registry again (when it is
-// down, say): Unmarshal gives it back.
+// Marshal encodes what a Lookup found, index and verdict included, so
+// that a process can serve the image later without asking the registry
+// again (when it is down, say): Unmarshal gives it back. A record without
+// a verdict (saved before verdicts were) has the zero Verdict, which no
+// Verifier accepts.
 func (a *Artifact) Marshal() ([]byte, error) {
 	ix, err := a.Index.MarshalBinary()
 	if err != nil {
@@ -29,7 +32,7 @@ func (a *Artifact) Marshal() ([]byte, error) {
 	}
 	return json.Marshal(saved{
 		Repo: a.Repo.String(), Descriptor: a.Descriptor, Subject: a.Subject,
-		Platform: a.Platform, Data: a.Data, Profile: a.Profile, Index: ix,
+		Platform: a.Platform, Data: a.Data, Profile: a.Profile, Index: ix, Verdict: &a.Verdict,
 	})
 }
 
@@ -49,8 +52,12 @@ func Unmarshal(b []byte, opts ...name.Option) (*Artifact, error) {
 	if err != nil {
 		return nil, fmt.Errorf("saved artifact %s: %w", s.Descriptor.Digest, err)
 	}
-	return &Artifact{
+	a := &Artifact{
 		Repo: repo, Descriptor: s.Descriptor, Subject: s.Subject, Platform: s.Platform,
 		Index: ix, Data: s.Data, Profile: s.Profile,
-	}, nil
+	}
+	if s.Verdict != nil {
+		a.Verdict = *s.Verdict
+	}
+	return a, nil
 }
