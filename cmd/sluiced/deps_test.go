@@ -4,16 +4,16 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // TestAgentDoesNotLinkTheConverter: the node side reads artifacts through
 // imageconv/artifact and never links the converter or its ext4 writer
 // (hcsshim), which has no business on a node.
 func TestAgentDoesNotLinkTheConverter(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("needs the go command on PATH: %v", err)
-	}
+	testutil.Require(t, testutil.Tool("go"))
+	goBin, _ := exec.LookPath("go")
 	const module = "github.com/sluice-project/sluice/"
 	out, err := exec.Command(goBin, "list", "-deps", module+"cmd/sluiced", module+"blockcache", module+"blockcache/source").CombinedOutput()
 	if err != nil {

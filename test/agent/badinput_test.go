@@ -114,6 +114,7 @@ func TestBrokenConfig(t *testing.T) {
 		{"not loopback metrics", `metrics_address = "0.0.0.0:9808"`, "metrics_address"},
 		{"wrong type", `plain_http = "127.0.0.1:5000"`, "plain_http"},
 		{"syntax", "root = /var/lib/sluice\n", "line 3"}, // after address and nbd_socket
+		{"trust key that does not parse", "[trust]\npolicy = \"signed\"\nkeys = [\"/dev/null\"]\n", "trust.keys: public key /dev/null"},
 	}
 	for _, c := range cases {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {

@@ -41,6 +41,9 @@ type nodeOpts struct {
 	// noSandbox skips importing the sandbox image, for tests that run no
 	// pod.
 	noSandbox bool
+	// trustKeys, if any, are the public key files of trust.policy =
+	// "signed".
+	trustKeys []string
 }
 
 // node is one machine's worth of daemons: sluiced and containerd, with all
@@ -335,6 +338,9 @@ func (n *node) agentConfig(policy string) (*agentProc, error) {
 		fmt.Fprintf(&b, "policy = %q\n", policy)
 	}
 	fmt.Fprintf(&b, "\n[cache]\ndir = %q\nsize = \"1GiB\"\n", filepath.Join(d, "cache"))
+	if len(n.opts.trustKeys) > 0 {
+		fmt.Fprintf(&b, "\n[trust]\npolicy = \"signed\"\nkeys = [%s]\n", strings.Join(quoteAll(n.opts.trustKeys), ", "))
+	}
 	if err := os.WriteFile(a.config, []byte(b.String()), 0o644); err != nil {
 		return nil, err
 	}
