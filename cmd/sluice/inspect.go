@@ -33,7 +33,7 @@ with status 3 if IMAGE has no artifact (convert it with "sluice convert").`,
 				return err
 			}
 			if len(keys) > 0 {
-				v, err := loadVerifier(keys)
+				v, err := signature.LoadVerifier(keys...)
 				if err != nil {
 					return fmt.Errorf("--key: %w", err)
 				}
@@ -89,16 +89,4 @@ func verdictString(v artifact.Verdict) string {
 		return v.Policy + " (key " + v.Key + ")"
 	}
 	return v.Policy
-}
-
-func loadVerifier(paths []string) (*signature.Verifier, error) {
-	keys := make([]*signature.PublicKey, len(paths))
-	for i, p := range paths {
-		k, err := signature.LoadPublicKey(p)
-		if err != nil {
-			return nil, err
-		}
-		keys[i] = k
-	}
-	return signature.NewVerifier(keys...)
 }

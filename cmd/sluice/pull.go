@@ -6,13 +6,10 @@ import (
 	"os"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/containerd/v2/pkg/snapshotters"
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
+
+	"github.com/sluice-project/sluice/snapshot/pull"
 )
 
 func newPull(g *globals) *cobra.Command {
@@ -33,7 +30,7 @@ Registry credentials come from the docker config and its credential helpers.`,
 		Args: exactArgs(1, "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := namespaces.WithNamespace(cmd.Context(), namespace)
-			return pull(ctx, g, address, snapshotter, platform, args[0])
+			return pullImage(ctx, g, address, snapshotter, platform, args[0])
 		},
 	}
 	cmd.Flags().StringVarP(&address, "address", "a", envOr("CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"), "containerd's gRPC socket, as ctr's: $CONTAINERD_ADDRESS if set")
@@ -43,60 +40,16 @@ Registry credentials come from the docker config and its credential helpers.`,
 	return cmd
 }
 
-func pull(ctx context.Context, g *globals, address, snapshotter, platform, image string) error {
-	var nopts []name.Option
-	if g.plainHTTP {
-		nopts = append(nopts, name.Insecure)
-	}
-	ref, err := name.ParseReference(image, nopts...)
-	if err != nil {
-		return fmt.Errorf("image reference %q: %w", image, err)
-	}
-	// containerd wants the fully qualified name.
-	full := ref.Name()
-	client, err := containerd.New(address, containerd.WithTimeout(10*time.Second))
-	if err != nil {
-		return fmt.Errorf("connecting to containerd at %s: %w", address, err)
-	}
-	defer client.Close()
-	resolver := docker.NewResolver(docker.ResolverOptions{
-		PlainHTTP: g.plainHTTP,
-		Authorizer: docker.NewDockerAuthorizer(docker.WithAuthCreds(func(host string) (string, string, error) {
-			reg, err := name.NewRegistry(host, nopts...)
-			if err != nil {
-				return "", "", err
-			}
-			a, err := authn.DefaultKeychain.Resolve(reg)
-			if err != nil {
-				return "", "", err
-			}
-			cfg, err := a.Authorization()
-			if err != nil {
-				return "", "", err
-			}
-			if cfg.IdentityToken != "" {
-				return "", cfg.IdentityToken, nil
-			}
-			return cfg.Username, cfg.Password, nil
-		})),
-	})
-	opts := []containerd.RemoteOpt{
-		containerd.WithResolver(resolver),
-		containerd.WithPullUnpack,
-		containerd.WithPullSnapshotter(snapshotter),
-		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(full)),
-	}
-	if platform != "" {
-		opts = append(opts, containerd.WithPlatform(platform))
-	}
+func pullImage(ctx context.Context, g *globals, address, snapshotter, platform, image string) error {
 	start := time.Now()
-	img, err := client.Pull(ctx, full, opts...)
+	name, digest, err := pull.Image(ctx, image, pull.Options{
+		Address: address, Snapshotter: snapshotter, Platform: platform, PlainHTTP: g.plainHTTP,
+	})
 	if err != nil {
-		return fmt.Errorf("pulling %s into snapshotter %s: %w", full, snapshotter, err)
+		return err
 	}
-	g.log.Info().Str("image", img.Name()).Str("digest", img.Target().Digest.String()).
-		Dur("elapsed", time.Since(start)).Msg("pulled")
-	fmt.Printf("%s@%s\n", img.Name(), img.Target().Digest)
+	g.log.Info().Str("image", name).Str("digest", digest).Dur("elapsed", time.Since(start)).Msg("pulled")
+	fmt.Printf("%s@%s\n", name, digest)
 	return nil
 }
 

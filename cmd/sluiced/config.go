@@ -197,18 +197,14 @@ func (t *TrustConfig) validate() error {
 	if len(t.Keys) == 0 {
 		return errors.New("trust.keys: trust.policy = \"signed\" needs at least one public key file")
 	}
-	keys := make([]*signature.PublicKey, len(t.Keys))
-	for i, p := range t.Keys {
+	for _, p := range t.Keys {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("trust.keys: want absolute paths, got %q", p)
 		}
-		k, err := signature.LoadPublicKey(p)
-		if err != nil {
-			return fmt.Errorf("trust.keys: %w", err)
-		}
-		keys[i] = k
 	}
 	var err error
-	t.verifier, err = signature.NewVerifier(keys...)
-	return err
+	if t.verifier, err = signature.LoadVerifier(t.Keys...); err != nil {
+		return fmt.Errorf("trust.keys: %w", err)
+	}
+	return nil
 }

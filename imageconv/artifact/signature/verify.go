@@ -51,6 +51,20 @@ func NewVerifier(keys ...*PublicKey) (*Verifier, error) {
 	return &Verifier{keys: keys}, nil
 }
 
+// LoadVerifier reads the public key files paths (LoadPublicKey) and
+// trusts them.
+func LoadVerifier(paths ...string) (*Verifier, error) {
+	keys := make([]*PublicKey, len(paths))
+	for i, p := range paths {
+		k, err := LoadPublicKey(p)
+		if err != nil {
+			return nil, err
+		}
+		keys[i] = k
+	}
+	return NewVerifier(keys...)
+}
+
 // Keys are the trusted keys.
 func (v *Verifier) Keys() []*PublicKey { return v.keys }
 
