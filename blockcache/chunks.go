@@ -66,6 +66,10 @@ type call struct {
 	data   []byte
 	err    error
 	fg     *atomic.Bool // the priority of the fetch it belongs to
+	// slot is the store's decoded budget this call holds from decode to
+	// finish; finished says finish ran (its group stored it early).
+	slot     int64
+	finished bool
 }
 
 // fetchGroup is a run of chunks adjacent in the data blob, fetched with one
@@ -249,7 +253,9 @@ func (l *loader) storeGroup(g *fetchGroup) {
 		return
 	}
 	for _, c := range g.calls {
-		l.finish(l.base, c)
+		if !c.finished {
+			l.finish(l.base, c)
+		}
 	}
 }
 
@@ -298,12 +304,17 @@ func (l *loader) fetchGroup(ctx context.Context, g *fetchGroup) {
 func (l *loader) verifyGroup(ctx context.Context, g *fetchGroup, raw []byte, groupErr error) {
 	storeNow := !g.fg.Load()
 	for _, c := range g.calls {
-		if groupErr != nil {
+		switch {
+		case groupErr != nil:
 			l.wake(c, nil, groupErr)
-		} else {
+		default:
+			if err := l.decodeSlot(ctx, g, c); err != nil {
+				l.wake(c, nil, err)
+				break
+			}
 			ch := l.ix.Chunks[c.index]
 			start := int64(ch.Offset) - g.off
-			data, err := l.verified(ctx, c, raw[start:start+int64(ch.Length)])
+			data, err := l.verified(ctx, g, c, raw[start:start+int64(ch.Length)])
 			l.wake(c, data, err)
 		}
 		if storeNow {
@@ -311,6 +322,39 @@ func (l *loader) verifyGroup(ctx context.Context, g *fetchGroup, raw []byte, gro
 		}
 	}
 	g.stored = storeNow
+}
+
+// decodeSlot takes c's share of the store's decoded budget before c is
+// decoded: the bytes of decoded chunks waiting for the disk stay bounded
+// however many images fetch at once. When the budget is spent, g first
+// stores the chunks it has woken (so a group waiting for the budget never
+// holds any), then waits. The share is given back by finish.
+func (l *loader) decodeSlot(ctx context.Context, g *fetchGroup, c *call) error {
+	w := min(l.ix.ChunkLen(c.index), l.store.decodedBudget)
+	if !l.store.decoded.TryAcquire(w) {
+		l.store.decodedWaits.Add(1)
+		l.flush(g)
+		if err := l.store.decoded.Acquire(ctx, w); err != nil {
+			return fmt.Errorf("waiting for decode memory: %w", err)
+		}
+	}
+	c.slot = w
+	return nil
+}
+
+// flush stores the chunks of g that have been woken and not yet stored.
+// It runs on the goroutine fetching g, which later runs storeGroup.
+func (l *loader) flush(g *fetchGroup) {
+	for _, c := range g.calls {
+		select {
+		case <-c.done:
+			if !c.finished {
+				l.finish(l.base, c)
+			}
+		default:
+			return // calls are woken in order: the rest are not yet
+		}
+	}
 }
 
 // runStreaming (foreground groups, while a stream decoder is free) decodes
@@ -364,6 +408,10 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 		ch := l.ix.Chunks[c.index]
 		start := int64(ch.Offset) - g.off
 		stop := start + int64(ch.Length)
+		if err := l.decodeSlot(ctx, g, c); err != nil {
+			l.wake(c, nil, err)
+			continue
+		}
 		data, err := l.decodeStream(dec, c.index, s.section(start, stop))
 		if err == nil {
 			l.wake(c, data, nil)
@@ -374,7 +422,7 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 			continue
 		}
 		end() // before refetching, which needs a slot of its own
-		data, err = l.verified(ctx, c, raw[start:stop])
+		data, err = l.verified(ctx, g, c, raw[start:stop])
 		l.wake(c, data, err)
 	}
 }
@@ -456,15 +504,18 @@ func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64) 
 	return b, nil
 }
 
-// verified decodes and checks a chunk; bytes that fail are fetched once
-// more on their own before the chunk is declared corrupt.
-func (l *loader) verified(ctx context.Context, c *call, comp []byte) ([]byte, error) {
+// verified decodes and checks a chunk of g; bytes that fail are fetched
+// once more on their own before the chunk is declared corrupt.
+func (l *loader) verified(ctx context.Context, g *fetchGroup, c *call, comp []byte) ([]byte, error) {
 	ch := l.ix.Chunks[c.index]
 	data, err := l.decode(c.index, comp)
 	if err == nil {
 		return data, nil
 	}
 	l.stats.corrupt.Add(1)
+	// The refetch waits for a fetch slot, which a fetch waiting for the
+	// decoded budget may hold: give back what this group holds first.
+	l.flush(g)
 	zerolog.Ctx(ctx).Warn().Err(err).Int("chunk", c.index).Msg("refetching a chunk that failed verification")
 	comp, err = l.fetchRange(ctx, c.fg, int64(ch.Offset), int64(ch.Length))
 	if err != nil {
@@ -506,11 +557,11 @@ func (l *loader) wake(c *call, data []byte, err error) {
 		l.store.hot.put(d, data)
 	}
 	if err == nil {
-		n := l.unstored.Add(int64(len(data)))
-		for p := l.unstoredPeak.Load(); n > p && !l.unstoredPeak.CompareAndSwap(p, n); p = l.unstoredPeak.Load() {
-		}
+		raise(&l.unstoredPeak, l.unstored.Add(int64(len(data))))
+		raise(&l.store.unstoredPeak, l.store.unstored.Add(int64(len(data))))
 	}
 	if err != nil {
+		l.releaseSlot(c)
 		l.forget(d, c)
 	}
 	c.data, c.err = data, err
@@ -530,15 +581,32 @@ func (l *loader) forget(d [32]byte, c *call) {
 // store is written before the call leaves inflight, so a reader never
 // misses both.
 func (l *loader) finish(ctx context.Context, c *call) {
+	c.finished = true
 	d := l.ix.Chunks[c.index].Digest
 	if c.err == nil {
 		if perr := l.store.put(ctx, d, c.data, c.fg.Load()); perr != nil {
 			zerolog.Ctx(ctx).Debug().Err(perr).Int("chunk", c.index).Msg("chunk served but not cached")
 		}
 		l.unstored.Add(-int64(len(c.data)))
+		l.store.unstored.Add(-int64(len(c.data)))
+		l.releaseSlot(c)
 	}
 	l.forget(d, c)
 	close(c.stored)
+}
+
+// releaseSlot gives back c's share of the decoded budget, once.
+func (l *loader) releaseSlot(c *call) {
+	if c.slot > 0 {
+		l.store.decoded.Release(c.slot)
+		c.slot = 0
+	}
+}
+
+// raise sets *peak to n if n is higher.
+func raise(peak *atomic.Int64, n int64) {
+	for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+	}
 }
 
 // close waits for fetches in flight and stops new ones.

@@ -13,6 +13,9 @@ const (
 	// DefaultHotBytes is the store's in-memory layer (WithHotBytes): warm
 	// reads are served from the chunk files either way.
 	DefaultHotBytes = 8 << 20
+	// DefaultDecodedBudget bounds the decoded chunks waiting to be
+	// written to disk, over all images (WithDecodedBudget).
+	DefaultDecodedBudget = 16 << 20
 	// DefaultReadTimeout bounds each read (WithReadTimeout).
 	DefaultReadTimeout = 30 * time.Second
 	// DefaultConcurrency bounds range requests in flight per image

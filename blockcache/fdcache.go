@@ -41,7 +41,7 @@ func newFDCache(max int) *fdCache {
 }
 
 // acquire returns an open descriptor of chunk d's file; release it after.
-func (c *fdCache) acquire(d [32]byte, path string) (*openFile, error) {
+func (c *fdCache) acquire(d [32]byte, path func() string) (*openFile, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f, ok := c.m[d]; ok {
@@ -49,7 +49,7 @@ func (c *fdCache) acquire(d [32]byte, path string) (*openFile, error) {
 		c.lru.MoveToFront(f.elem)
 		return f, nil
 	}
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	fd, err := unix.Open(path(), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -35,7 +35,7 @@ type Image struct {
 	closed atomic.Bool
 
 	recMu sync.Mutex
-	rec   recorder
+	rec   *recorder // nil unless WithRecording
 }
 
 var _ interface {
@@ -71,7 +71,9 @@ func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Opt
 	im := &Image{
 		art: art, ix: art.Index, store: store, cfg: cfg, stats: newCounters(), cancel: cancel,
 		fetcher: NewRangeFetcher(art.Repo, art.Data, append([]FetchOption{withMaxConns(cfg.concurrency)}, cfg.fetchOpts...)...),
-		rec:     recorder{seen: make([]bool, len(art.Index.Chunks))},
+	}
+	if cfg.record {
+		im.rec = &recorder{seen: make([]bool, len(art.Index.Chunks))}
 	}
 	var fetch rangeFetcher = im.fetcher
 	if cfg.fetcher != nil {
@@ -121,8 +123,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	if int64(len(p)) > size-off {
 		want, eof = p[:size-off], true
 	}
-	cs := im.ix.ChunkSize
-	first, last := int(off/cs), int((off+int64(len(want))-1)/cs)
+	first, last := im.chunkRange(off, len(want))
 	idxs := make([]int, 0, last-first+1)
 	nonZero := 0
 	for i := first; i <= last; i++ {
@@ -134,7 +135,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	im.record(first, last)
 	im.stats.reads.Add(1)
 
-	if im.readCached(want, off, idxs) {
+	if im.copyCached(want, off, first, last) {
 		im.stats.hits.Add(int64(nonZero))
 		if eof {
 			return len(want), io.EOF
@@ -162,15 +163,13 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 		}
 		return 0, fmt.Errorf("read of %d bytes at offset %d: %w", len(want), off, err)
 	}
-	end := off + int64(len(want))
 	for k, i := range idxs {
-		cstart := int64(i) * cs
-		lo, hi := max(off, cstart), min(end, cstart+im.ix.ChunkLen(i))
-		dst := want[lo-off : hi-off]
+		sp := im.span(i, off, len(want))
+		dst := want[sp.lo-off : sp.hi-off]
 		if data[k] == nil {
 			clear(dst)
 		} else {
-			copy(dst, data[k][lo-cstart:hi-cstart])
+			copy(dst, data[k][sp.lo-sp.start:sp.hi-sp.start])
 		}
 	}
 	if eof {
@@ -186,8 +185,7 @@ func (im *Image) ReadAtCached(p []byte, off int64) bool {
 	if im.closed.Load() || off < 0 || len(p) == 0 || off+int64(len(p)) > im.ix.ImageSize {
 		return false
 	}
-	cs := im.ix.ChunkSize
-	first, last := int(off/cs), int((off+int64(len(p))-1)/cs)
+	first, last := im.chunkRange(off, len(p))
 	if !im.copyCached(p, off, first, last) {
 		return false
 	}
@@ -212,8 +210,7 @@ func (im *Image) ReadAtFiles(off int64, n int, add func(fd int, off, n int64)) (
 	if im.closed.Load() || off < 0 || n <= 0 || off > im.ix.ImageSize-int64(n) {
 		return nil, false
 	}
-	cs, end := im.ix.ChunkSize, off+int64(n)
-	first, last := int(off/cs), int((end-1)/cs)
+	first, last := im.chunkRange(off, n)
 	var files []*openFile
 	release = func() {
 		for _, f := range files {
@@ -225,11 +222,10 @@ func (im *Image) ReadAtFiles(off int64, n int, add func(fd int, off, n int64)) (
 	pieces := buf[:0]
 	hits := 0
 	for i := first; i <= last; i++ {
-		cstart := int64(i) * cs
-		lo, hi := max(off, cstart), min(end, cstart+im.ix.ChunkLen(i))
+		sp := im.span(i, off, n)
 		c := &im.ix.Chunks[i]
 		if c.Zero() {
-			pieces = append(pieces, piece{-1, 0, hi - lo})
+			pieces = append(pieces, piece{-1, 0, sp.hi - sp.lo})
 			continue
 		}
 		f, ok := im.store.openVerified(c.Digest)
@@ -238,7 +234,7 @@ func (im *Image) ReadAtFiles(off int64, n int, add func(fd int, off, n int64)) (
 			return nil, false
 		}
 		files = append(files, f)
-		pieces = append(pieces, piece{int64(f.fd), lo - cstart, hi - lo})
+		pieces = append(pieces, piece{int64(f.fd), sp.lo - sp.start, sp.hi - sp.lo})
 		hits++
 	}
 	for _, p := range pieces {
@@ -250,25 +246,35 @@ func (im *Image) ReadAtFiles(off int64, n int, add func(fd int, off, n int64)) (
 	return release, true
 }
 
-// readCached serves a read entirely from memory and verified chunk files,
-// copying only the bytes asked for; false if any chunk needs the slow path.
-func (im *Image) readCached(want []byte, off int64, idxs []int) bool {
-	return im.copyCached(want, off, idxs[0], idxs[len(idxs)-1])
+// chunkRange returns the first and last chunk of the n bytes at off (n > 0).
+func (im *Image) chunkRange(off int64, n int) (first, last int) {
+	cs := im.ix.ChunkSize
+	return int(off / cs), int((off + int64(n) - 1) / cs)
 }
 
-// copyCached copies chunks first..last's part of [off, off+len(want)).
+// chunkSpan is the part of chunk i that a read covers: image bytes
+// [lo, hi), the chunk starting at image offset start.
+type chunkSpan struct{ start, lo, hi int64 }
+
+// span returns chunk i's part of the n bytes at off.
+func (im *Image) span(i int, off int64, n int) chunkSpan {
+	start := int64(i) * im.ix.ChunkSize
+	return chunkSpan{start: start, lo: max(off, start), hi: min(off+int64(n), start+im.ix.ChunkLen(i))}
+}
+
+// copyCached serves a read entirely from memory and verified chunk files,
+// copying chunks first..last's part of [off, off+len(want)); false if any
+// chunk needs the slow path.
 func (im *Image) copyCached(want []byte, off int64, first, last int) bool {
-	cs, end := im.ix.ChunkSize, off+int64(len(want))
 	for i := first; i <= last; i++ {
-		cstart := int64(i) * cs
-		lo, hi := max(off, cstart), min(end, cstart+im.ix.ChunkLen(i))
-		dst := want[lo-off : hi-off]
+		sp := im.span(i, off, len(want))
+		dst := want[sp.lo-off : sp.hi-off]
 		c := &im.ix.Chunks[i]
 		if c.Zero() {
 			clear(dst)
 			continue
 		}
-		if !im.store.ReadVerified(c.Digest, dst, lo-cstart) {
+		if !im.store.ReadVerified(c.Digest, dst, sp.lo-sp.start) {
 			return false
 		}
 	}
@@ -283,18 +289,29 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 	return context.WithTimeout(ctx, d)
 }
 
+// record notes chunks first..last as read, if the image records (no
+// lock on a read otherwise).
 func (im *Image) record(first, last int) {
+	if im.rec == nil {
+		return
+	}
 	im.recMu.Lock()
 	im.rec.note(first, last)
 	im.recMu.Unlock()
 }
 
 // Recorded returns the chunks reads have touched so far, in the order they
-// were first read: a profile for the next start of this image.
+// were first read: a profile for the next start of this image. It is
+// empty unless the image was opened WithRecording.
 func (im *Image) Recorded() artifact.Profile {
+	p := artifact.Profile{ChunkSize: im.ix.ChunkSize}
+	if im.rec == nil {
+		return p
+	}
 	im.recMu.Lock()
 	defer im.recMu.Unlock()
-	return artifact.Profile{ChunkSize: im.ix.ChunkSize, Chunks: append([]int(nil), im.rec.order...)}
+	p.Chunks = append([]int(nil), im.rec.order...)
+	return p
 }
 
 // Stats returns a snapshot of the image's statistics.

@@ -213,7 +213,12 @@ func TestDigestMismatchNeverServed(t *testing.T) {
 
 func TestRecorded(t *testing.T) {
 	e := newEnv(t)
-	im := e.open()
+	plain := e.open()
+	e.read(plain, 0, 4096)
+	if got := plain.Recorded(); len(got.Chunks) != 0 {
+		t.Errorf("an image opened without recording recorded %v", got.Chunks)
+	}
+	im := e.open(WithRecording(true))
 	cs := e.art.Index.ChunkSize
 	for _, i := range []int{5, 2, 5, 9} {
 		e.read(im, int64(i)*cs, 4096)

@@ -17,6 +17,7 @@ type imageConfig struct {
 	artifactProfile  bool
 	rate             int64
 	burst            int64
+	record           bool
 	fetchOpts        []FetchOption
 	fetcher          rangeFetcher // tests only
 	limiterClockHook func(*tokenBucket)
@@ -61,6 +62,10 @@ func WithArtifactProfile(on bool) Option { return func(c *imageConfig) { c.artif
 func WithBackgroundRate(bytesPerSecond int64) Option {
 	return func(c *imageConfig) { c.rate = bytesPerSecond }
 }
+
+// WithRecording records the order in which reads first touch chunks,
+// for Recorded (default off: a read then takes no lock for it).
+func WithRecording(on bool) Option { return func(c *imageConfig) { c.record = on } }
 
 // WithFetchOptions configures the image's RangeFetcher (credentials,
 // plain HTTP, transport, retries).

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -224,4 +225,36 @@ func TestBackgroundStoresAsItVerifies(t *testing.T) {
 	if n := im.loader.unstored.Load(); n != 0 {
 		t.Errorf("%d decoded bytes still counted as waiting for the store after the background fetch", n)
 	}
+}
+
+// TestDecodedBudgetHoldsAcrossImages: however many images fetch at once,
+// the decoded chunks waiting for the disk never exceed the store's budget
+// (here two chunks, with twelve images each reading the whole image in
+// 1 MiB reads at once); the reads are all correct.
+func TestDecodedBudgetHoldsAcrossImages(t *testing.T) {
+	e := newEnv(t)
+	cs := e.art.Index.ChunkSize
+	budget := 2 * cs
+	e.store = openStore(t, t.TempDir(), 1<<30, WithDecodedBudget(budget))
+	const images = 12
+	var wg sync.WaitGroup
+	for range images {
+		im := e.open(WithMaxRange(1 << 20))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for off := int64(0); off < im.Size(); off += 1 << 20 {
+				e.read(im, off, min(1<<20, im.Size()-off))
+			}
+		}()
+	}
+	wg.Wait()
+	if e.store.decodedWaits.Load() == 0 {
+		t.Fatalf("no decode waited for the budget: the test shows nothing")
+	}
+	if peak := e.store.unstoredPeak.Load(); peak > budget {
+		t.Errorf("up to %d decoded bytes waited for the disk at once, budget %d", peak, budget)
+	}
+	waitFor(t, "every chunk stored", func() bool { return e.store.unstored.Load() == 0 })
+	t.Logf("peak %d of %d bytes; %d decodes waited", e.store.unstoredPeak.Load(), budget, e.store.decodedWaits.Load())
 }

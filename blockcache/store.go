@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -70,6 +71,14 @@ type Store struct {
 	// fetchMem bounds the bytes of range fetches in flight across every
 	// image using this store, so memory does not grow with the image count.
 	fetchMem *semaphore.Weighted
+	// decoded bounds the bytes of verified chunks decoded but not yet
+	// written to disk, across every image (see loader.decodeSlot); a
+	// fetch that finds it spent stores what it holds before decoding more.
+	decoded       *semaphore.Weighted
+	decodedBudget int64
+	// unstored counts those bytes; unstoredPeak is its high mark;
+	// decodedWaits counts decodes that found the budget spent.
+	unstored, unstoredPeak, decodedWaits atomic.Int64
 	// decoders are shared by the images of one chunk size (DecodeAll is
 	// safe for concurrent use): their buffers are the biggest per-image
 	// cost otherwise.
@@ -107,8 +116,9 @@ type StoreStats struct {
 }
 
 type storeConfig struct {
-	fsync    bool
-	hotBytes int64
+	fsync         bool
+	hotBytes      int64
+	decodedBudget int64
 }
 
 // StoreOption configures a Store.
@@ -121,6 +131,11 @@ func WithFsync(on bool) StoreOption { return func(c *storeConfig) { c.fsync = on
 // WithHotBytes bounds the in-memory layer (default DefaultHotBytes; 0
 // disables it).
 func WithHotBytes(n int64) StoreOption { return func(c *storeConfig) { c.hotBytes = n } }
+
+// WithDecodedBudget bounds the bytes of decoded chunks waiting to be
+// written to disk, over every image of the store (default
+// DefaultDecodedBudget). A chunk bigger than the budget takes all of it.
+func WithDecodedBudget(n int64) StoreOption { return func(c *storeConfig) { c.decodedBudget = n } }
 
 // fetchMemory is the bound of range-fetch bytes in flight per store.
 const fetchMemory = 8 << 20
@@ -210,7 +225,7 @@ func blocks(n int64) int64 { return (n + blockSize - 1) / blockSize * blockSize 
 // OpenStore opens (creating it if needed) the store in dir, bounded to
 // limit bytes, removing leftovers of a crash and evicting down to the bound.
 func OpenStore(ctx context.Context, dir string, limit int64, opts ...StoreOption) (*Store, error) {
-	cfg := storeConfig{hotBytes: DefaultHotBytes}
+	cfg := storeConfig{hotBytes: DefaultHotBytes, decodedBudget: DefaultDecodedBudget}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -235,6 +250,7 @@ func OpenStore(ctx context.Context, dir string, limit int64, opts ...StoreOption
 		writing: map[[32]byte]struct{}{}, dirs: map[string]bool{},
 		fds:      newFDCache(fdCacheSize()),
 		fetchMem: semaphore.NewWeighted(fetchMemory),
+		decoded:  semaphore.NewWeighted(max(cfg.decodedBudget, 1)), decodedBudget: max(cfg.decodedBudget, 1),
 	}
 	if err := s.reindex(ctx); err != nil {
 		lock.Close()

@@ -107,8 +107,9 @@ func (s *Store) openVerified(d [32]byte) (*openFile, bool) {
 	}
 	s.lru.MoveToFront(e.elem)
 	s.mu.Unlock()
-	_, file := s.path(d)
-	f, err := s.fds.acquire(d, file)
+	// The path is built only to open a file the cache does not hold: a
+	// warm read allocates nothing for it.
+	f, err := s.fds.acquire(d, func() string { _, file := s.path(d); return file })
 	if err != nil {
 		return nil, false
 	}
