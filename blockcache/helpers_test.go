@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func getFixture(t *testing.T) *fixture {
+func getFixture(t testing.TB) *fixture {
 	t.Helper()
 	fixtureOnce.Do(func() { shared, fixtureErr = buildFixture() })
 	if fixtureErr != nil {
@@ -159,14 +159,14 @@ func tarLayer(files map[string][]byte) (v1.Layer, error) {
 // env is one test's view of the fixture: a server with fault injection in
 // front of the shared registry, and the artifact pointing at it.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	f      *fixture
 	faults *faultHandler
 	art    *artifact.Artifact
 	store  *Store
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	f := getFixture(t)
 	e := &env{t: t, f: f}
@@ -182,7 +182,7 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func openStore(t *testing.T, dir string, limit int64, opts ...StoreOption) *Store {
+func openStore(t testing.TB, dir string, limit int64, opts ...StoreOption) *Store {
 	t.Helper()
 	s, err := OpenStore(context.Background(), dir, limit, opts...)
 	if err != nil {
