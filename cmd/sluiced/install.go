@@ -124,7 +124,7 @@ func printChange(stdout, stderr io.Writer, c nodeconfig.Change, dryRun, showBack
 		fmt.Fprintf(stderr, "note: %s\n", n)
 	}
 	if c.Diff == "" {
-		fmt.Fprintf(stdout, "%s: already set up, nothing to change\n", c.Path)
+		fmt.Fprintf(stdout, "%s: nothing to change\n", c.Path)
 		return
 	}
 	fmt.Fprintf(stdout, "%s: %s:\n", c.Path, verb)
@@ -153,6 +153,15 @@ func checkConfig(b []byte) error {
 	return err
 }
 
+// exitError asks for a specific exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
 // newReadyCmd is `sluiced ready`: wait until sluiced (and containerd)
 // answer.
 func newReadyCmd(f *flags) *cobra.Command {
@@ -164,9 +173,13 @@ func newReadyCmd(f *flags) *cobra.Command {
 		Long: `ready waits until sluiced, as its --config sets it up, accepts connections
 on its snapshotter socket and answers /healthz; with --containerd-config,
 also until containerd answers on the socket that config names and has
-loaded the snapshotter "sluice". It exits non-zero, saying which is not
-ready, after --timeout. scripts/install-node.sh and the systemd unit
-(ExecStartPost) use it, so that containerd starts once sluiced answers.`,
+loaded the snapshotter "sluice". scripts/install-node.sh and the systemd
+unit (ExecStartPost) use it, so that containerd starts once sluiced
+answers.
+
+Exit status: 0 ready; 2 sluiced did not answer within --timeout; 3
+containerd answers without the snapshotter sluice (restart it so that it
+reads its config); 4 containerd did not answer; 1 anything else.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := f.load()
@@ -176,7 +189,7 @@ ready, after --timeout. scripts/install-node.sh and the systemd unit
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			if err := nodeconfig.WaitSluiced(ctx, cfg.Address, cfg.MetricsAddress); err != nil {
-				return err
+				return exitError{code: 2, err: err}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "sluiced answers on %s\n", cfg.Address)
 			if containerdConfig == "" {
@@ -190,8 +203,10 @@ ready, after --timeout. scripts/install-node.sh and the systemd unit
 			if err != nil {
 				return fmt.Errorf("containerd config %s: %w", containerdConfig, err)
 			}
-			if err := nodeconfig.WaitContainerd(ctx, addr); err != nil {
-				return err
+			if err := nodeconfig.WaitContainerd(ctx, addr); errors.Is(err, nodeconfig.ErrNoSnapshotter) {
+				return exitError{code: 3, err: err}
+			} else if err != nil {
+				return exitError{code: 4, err: err}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "containerd answers on %s with the snapshotter %s\n", addr, nodeconfig.Plugin)
 			return nil

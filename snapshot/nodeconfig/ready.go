@@ -35,8 +35,13 @@ func ContainerdAddress(src []byte) (string, error) {
 	return DefaultContainerdAddress, nil
 }
 
-// ErrNotReady is a daemon that did not answer in time.
-var ErrNotReady = errors.New("not ready")
+var (
+	// ErrNotReady is a daemon that did not answer in time.
+	ErrNotReady = errors.New("not ready")
+	// ErrNoSnapshotter is a containerd that answers without the sluice
+	// snapshotter.
+	ErrNoSnapshotter = errors.New("containerd has no snapshotter " + Plugin)
+)
 
 // WaitSluiced waits until sluiced accepts connections on its snapshotter
 // socket and, if metricsAddress is set, answers /healthz with 200.
@@ -84,12 +89,12 @@ func WaitContainerd(ctx context.Context, address string) error {
 			return err
 		}
 		if len(resp.Plugins) == 0 {
-			missing = fmt.Errorf("containerd on %s answers but has no snapshotter %q: restart it after its config changed, "+
-				"and check that the config it reads names [proxy_plugins.%s]", address, Plugin, Plugin)
+			missing = fmt.Errorf("%w: containerd on %s answers without it: restart containerd after its config changed, "+
+				"and check that the config it reads names [proxy_plugins.%s]", ErrNoSnapshotter, address, Plugin)
 			return nil
 		}
 		if ie := resp.Plugins[0].InitErr; ie != nil {
-			missing = fmt.Errorf("containerd on %s did not load the snapshotter %q: %s", address, Plugin, ie.Message)
+			missing = fmt.Errorf("%w: containerd on %s did not load it: %s", ErrNoSnapshotter, address, ie.Message)
 		}
 		return nil
 	})
