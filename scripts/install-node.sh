@@ -243,7 +243,11 @@ load_nbd() {
 			say "warning: nbd is loaded with max_part=$mp; max_part=0 applies once it is reloaded (next boot)"
 		fi
 	elif ((dry_run)); then
-		say "would run: modprobe nbd max_part=0"
+		if modinfo nbd >/dev/null 2>&1; then
+			say "would run: modprobe nbd max_part=0"
+		else
+			say "no nbd module on this kernel: sluiced uses its portable attacher (nbdfuse + loop)"
+		fi
 	elif out="$(modprobe nbd max_part=0 2>&1)"; then
 		say "loaded the nbd module (max_part=0)"
 	else
@@ -361,7 +365,11 @@ start_direct() {
 		start sluiced "$bin/sluiced" --config "$config"
 	fi
 	if ((dry_run)); then
-		say "would start $containerd_cmd --config $cconfig, or restart it if this script started it and its config changed"
+		if pid="$(pid_of containerd)" && ((!changed_containerd)); then
+			say "containerd runs (PID $pid)"
+		else
+			say "would (re)start $containerd_cmd --config $cconfig (a containerd this script did not start must be restarted by hand)"
+		fi
 		return 0
 	fi
 	ready --timeout 60s
