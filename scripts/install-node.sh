@@ -150,12 +150,14 @@ put() {
 }
 
 # put_text TEMPLATE DST MODE: put a text file from this script's node/
-# directory, with @PREFIX@ replaced by --prefix.
+# directory, with @PREFIX@ replaced by --prefix and @CONTAINERD_CONFIG@ by
+# containerd's config.
 put_text() {
 	local tmp rc=0 content
 	content="$(<"$1")"
+	content="${content//@PREFIX@/$prefix}"
 	tmp="$(mktemp)"
-	printf '%s\n' "${content//@PREFIX@/$prefix}" >"$tmp"
+	printf '%s\n' "${content//@CONTAINERD_CONFIG@/$cconfig}" >"$tmp"
 	put "$tmp" "$2" "$3" || rc=$?
 	rm -f "$tmp"
 	return "$rc"

@@ -99,6 +99,12 @@ func checkUnitFiles(t *testing.T, prefix string) {
 	if d.get("Unit", "Requires") != "" || d.get("Unit", "BindsTo") != "" {
 		t.Error("the containerd drop-in would restart containerd with sluiced")
 	}
+	// containerd's config is set up again before each start, and a failure
+	// to do so does not keep containerd down.
+	pre := d.get("Service", "ExecStartPre")
+	if !strings.HasPrefix(pre, "-"+prefix+"/usr/local/bin/sluiced install-config --config "+prefix+"/etc/sluice/config.toml --containerd-config "+prefix+"/etc/containerd/config.toml") {
+		t.Errorf("the containerd drop-in's ExecStartPre = %q", pre)
+	}
 	lines := func(p string) []string {
 		var out []string
 		for _, l := range strings.Split(readFile(t, filepath.Join(prefix, p)), "\n") {
@@ -174,6 +180,20 @@ func TestInstallFilesOnly(t *testing.T) {
 	def := readFile(t, ctrd+".sluice-backup")
 	if !strings.Contains(readFile(t, ctrd), "[proxy_plugins.sluice]") {
 		t.Errorf("containerd's config not set up:\n%s", readFile(t, ctrd))
+	}
+
+	// A node image that writes containerd's config at each boot: the
+	// drop-in's ExecStartPre sets sluice up again before containerd starts.
+	patched := readFile(t, ctrd)
+	writeFile(t, ctrd, def, 0o644)
+	pre := parseUnit(readFile(t, filepath.Join(prefix, "etc/systemd/system/containerd.service.d/10-sluice.conf"))).get("Service", "ExecStartPre")
+	argv := strings.Fields(strings.TrimPrefix(pre, "-"))
+	mustRun(t, nil, argv[0], argv[1:]...)
+	if readFile(t, ctrd) != patched {
+		t.Errorf("ExecStartPre (%s) did not set containerd's config up again:\n%s", pre, readFile(t, ctrd))
+	}
+	if r := mustRun(t, nil, argv[0], argv[1:]...); !strings.Contains(r.stdout, "nothing to change") {
+		t.Errorf("ExecStartPre on a config set up: %s", r)
 	}
 
 	before := listFiles(t, prefix)
