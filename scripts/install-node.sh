@@ -399,6 +399,14 @@ uninstall_node() {
 	[[ -x "$sluiced" ]] || sluiced="$bin_dir/sluiced"
 	if [[ -f "$cconfig" ]]; then
 		[[ -x "$sluiced" ]] || die "no sluiced ($bin/sluiced, $bin_dir/sluiced) to restore $cconfig with"
+		"$sluiced" install-config --containerd-config "$cconfig" --uninstall --dry-run >/dev/null ||
+			die "$cconfig cannot be restored (see above); nothing was changed"
+	fi
+	# The drop-in goes first: its ExecStartPre would set sluice up again
+	# when containerd restarts.
+	remove "$dropin"
+	if ((systemd && !dry_run)); then systemctl daemon-reload; fi
+	if [[ -f "$cconfig" ]]; then
 		configure "$sluiced" --containerd-config "$cconfig" --uninstall && changed_containerd=1
 	fi
 	if ((!no_start)); then
@@ -422,7 +430,6 @@ uninstall_node() {
 		fi
 	fi
 	remove "$unit"
-	remove "$dropin"
 	remove "$modules_load"
 	remove "$modprobe_conf"
 	remove "$bin/sluice"
