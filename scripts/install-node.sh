@@ -24,7 +24,8 @@
 #                          and module files; keeps /etc/sluice and sluiced's state
 #   --prefix DIR           install below DIR (for tests): every file written, and
 #                          every path written into one, is below DIR; units are
-#                          not enabled, the daemons are started directly
+#                          not enabled, no module is loaded, the daemons are
+#                          started directly
 #   --containerd-config F  containerd's config (default /etc/containerd/config.toml;
 #                          containerd's default config is written there if none)
 #   --no-start             change files only: no module loading, no (re)start
@@ -236,7 +237,7 @@ ready() {
 }
 
 load_nbd() {
-	local mp
+	local mp out
 	if [[ -d /sys/module/nbd ]]; then
 		mp="$(cat /sys/module/nbd/parameters/max_part 2>/dev/null || echo '?')"
 		if [[ "$mp" == 0 ]]; then
@@ -244,12 +245,12 @@ load_nbd() {
 		else
 			say "warning: nbd is loaded with max_part=$mp; max_part=0 applies once it is reloaded (next boot)"
 		fi
+	elif command -v modinfo >/dev/null && ! modinfo nbd >/dev/null 2>&1; then
+		say "no nbd module on this kernel: sluiced uses its portable attacher (nbdfuse + loop)"
+	elif [[ -n "$prefix" ]]; then
+		say "the nbd module is not loaded: --prefix loads no module (a scratch install changes nothing outside $prefix)"
 	elif ((dry_run)); then
-		if modinfo nbd >/dev/null 2>&1; then
-			say "would run: modprobe nbd max_part=0"
-		else
-			say "no nbd module on this kernel: sluiced uses its portable attacher (nbdfuse + loop)"
-		fi
+		say "would run: modprobe nbd max_part=0"
 	elif out="$(modprobe nbd max_part=0 2>&1)"; then
 		say "loaded the nbd module (max_part=0)"
 	else
@@ -261,7 +262,7 @@ install_node() {
 	[[ -x "$bin_dir/sluiced" && -x "$bin_dir/sluice" ]] ||
 		die "no sluice and sluiced in $bin_dir (--bin-dir; \`make build\` writes bin/)"
 	[[ -d "$node_dir" && -f "$sample" ]] || die "the unit files ($node_dir) or the sample config ($sample) are missing beside this script"
-	local key src
+	local key
 	for key in "${trust_keys[@]}"; do
 		[[ -f "$key" ]] || die "--trust-key $key: no such file"
 	done
