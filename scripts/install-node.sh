@@ -213,9 +213,17 @@ start() {
 		return 0
 	fi
 	mkdir -p "$log_dir" "$run_dir"
-	setsid "$@" >>"$log_dir/$name.log" 2>&1 </dev/null &
-	pid=$!
-	echo "$pid" >"$run_dir/$name.pid"
+	rm -f "$run_dir/$name.pid"
+	# The daemon writes its own PID (setsid may fork): a shell that execs it.
+	# shellcheck disable=SC2016 # expanded by that shell
+	setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$run_dir/$name.pid" "$@" \
+		>>"$log_dir/$name.log" 2>&1 </dev/null &
+	local i
+	for ((i = 0; i < 100; i++)); do
+		[[ -s "$run_dir/$name.pid" ]] && break
+		sleep 0.1
+	done
+	pid="$(cat "$run_dir/$name.pid" 2>/dev/null)" || die "$name did not start (log $log_dir/$name.log)"
 	say "started $name (PID $pid, log $log_dir/$name.log)"
 }
 
