@@ -37,6 +37,19 @@ build: ## build bin/sluice and bin/sluiced
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/sluice ./cmd/sluice
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/sluiced ./cmd/sluiced
 
+# The node release bundle (scripts/bundle.sh): static binaries, so that they
+# run on any distribution's libc, install-node.sh and its unit files.
+DIST   := $(CURDIR)/dist
+GOARCH ?= $(shell $(GO) env GOARCH)
+
+.PHONY: bundle
+bundle: ## node release bundle: dist/sluice-node-linux-$(GOARCH).tar.gz (untar it on a node and run install-node.sh)
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(DIST)/static/sluice ./cmd/sluice
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(DIST)/static/sluiced ./cmd/sluiced
+	scripts/bundle.sh $(DIST)/sluice-node $(DIST)/static
+	tar -C $(DIST) -czf $(DIST)/sluice-node-linux-$(GOARCH).tar.gz sluice-node
+	@echo "$(DIST)/sluice-node-linux-$(GOARCH).tar.gz"
+
 # The test run ends with test/internal/testreport's summary: skipped tests by
 # reason; a failure, or a skip whose reason is not in SKIPS_ALLOW, fails it.
 SKIPS_ALLOW   := test/skips.allow
@@ -70,5 +83,5 @@ lint: ## gofmt -l must print nothing; go vet
 	$(GO) vet ./...
 
 .PHONY: clean
-clean: ## remove bin/ and benchmark results (keeps the bench cache)
-	rm -rf $(BIN) bench/convert/results
+clean: ## remove bin/, dist/ and benchmark results (keeps the bench cache)
+	rm -rf $(BIN) $(DIST) bench/convert/results

@@ -41,6 +41,7 @@ apt_packages=(
 	containerd     # containerd 1.6 for snapshotter and pull tests
 	runc
 	fuse3          # fusermount3 for nbdfuse (portable attach)
+	systemd        # systemd-analyze verify: the node's unit files (test/install)
 )
 
 # Go tools, as "name=module/path@version[ go-install-flags]" (name = the
@@ -122,7 +123,7 @@ fi
 
 # Commands the scripts call directly; a package can be installed yet broken.
 for cmd in mke2fs docker-registry skopeo umoci busybox debootstrap tar gzip \
-	/usr/bin/time fio nbdinfo nbdfuse nbdkit nbd-server qemu-nbd losetup jq curl; do
+	/usr/bin/time fio nbdinfo nbdfuse nbdkit nbd-server qemu-nbd losetup jq curl systemd-analyze; do
 	command -v "$cmd" >/dev/null || die "command $cmd not found although its package is installed"
 done
 

@@ -24,6 +24,10 @@ const defaultConfigPath = "/etc/sluice/config.toml"
 func main() {
 	if err := newRoot().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "sluiced:", err)
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
 		os.Exit(1)
 	}
 }
@@ -111,6 +115,7 @@ of running containers stay, and the next start adopts them.`,
 	}
 	root.PersistentFlags().StringVar(&f.config, "config", defaultConfigPath, "configuration file (TOML; every field optional, see config.sample.toml); without this flag a missing default file means all defaults")
 	root.Flags().StringVar(&f.logLevel, "log-level", "", "override log_level: debug, info, warn or error")
+	root.AddCommand(newInstallConfigCmd(f), newReadyCmd(f))
 	root.AddCommand(&cobra.Command{
 		Use:   "config [--config FILE]",
 		Short: "Check the configuration file and print the effective configuration (defaults filled in)",

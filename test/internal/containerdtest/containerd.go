@@ -192,34 +192,9 @@ func ToolsDir() (string, error) {
 
 // Start writes the config and runs containerd, and waits until it answers.
 func Start(ctx context.Context, cfg Config) (*Containerd, error) {
-	bin, err := cfg.Version.find()
+	c, config, err := prepare(cfg)
 	if err != nil {
 		return nil, err
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		return nil, err
-	}
-	if cfg.Snapshotter == "" {
-		cfg.Snapshotter = "overlayfs"
-	}
-	c := &Containerd{
-		Address: filepath.Join(cfg.Dir, "containerd.sock"),
-		cfg:     cfg,
-		bin:     bin,
-		log:     filepath.Join(cfg.Dir, "containerd.log"),
-	}
-	switch {
-	case cfg.ConfigVersion == 3 && cfg.Version == V1:
-		return nil, errors.New("containerd 1.6 does not read config version 3")
-	case cfg.ConfigVersion != 0 && cfg.ConfigVersion != 2 && cfg.ConfigVersion != 3:
-		return nil, fmt.Errorf("config version %d: only 2 and 3 are written", cfg.ConfigVersion)
-	}
-	config := c.config()
-	if cfg.Version == V2 && cfg.ConfigVersion != 2 {
-		config = c.config3()
-		if err := c.writeHosts(); err != nil {
-			return nil, err
-		}
 	}
 	cfgPath := filepath.Join(cfg.Dir, "containerd.toml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
@@ -230,10 +205,10 @@ func Start(ctx context.Context, cfg Config) (*Containerd, error) {
 		return nil, err
 	}
 	defer logFile.Close()
-	cmd := exec.Command(bin.containerd, "--config", cfgPath)
+	cmd := exec.Command(c.bin.containerd, "--config", cfgPath)
 	// containerd finds the shim of runtime io.containerd.runc.v2 by PATH:
 	// its own version's shim first (Debian's 1.6 shim is in /usr/bin).
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin.shim)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(c.bin.shim)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own process group: a ^C meant for go test reaches it through
 	// the test's cleanup, in order, not all at once.
@@ -264,6 +239,57 @@ func Start(ctx context.Context, cfg Config) (*Containerd, error) {
 			return nil, fmt.Errorf("containerd did not answer on %s within 60 s: %s", c.Address, c.LogTail(30))
 		}
 	}
+}
+
+// ConfigFile returns the config Start writes for cfg (and writes the
+// hosts.toml files of a version 3 config), for tests that start
+// containerd another way, such as scripts/install-node.sh.
+func ConfigFile(cfg Config) (string, error) {
+	_, config, err := prepare(cfg)
+	return config, err
+}
+
+// Attach returns a Containerd for one started another way on cfg's config
+// (see ConfigFile): for its Address, Ctr, Crictl, Import and Shims. Stop
+// and Running do nothing for it, and its log is not kept.
+func Attach(cfg Config) (*Containerd, error) {
+	c, _, err := prepare(cfg)
+	return c, err
+}
+
+// prepare checks cfg, fills its defaults in and returns the Containerd it
+// describes (not started) and its config.
+func prepare(cfg Config) (*Containerd, string, error) {
+	bin, err := cfg.Version.find()
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		return nil, "", err
+	}
+	if cfg.Snapshotter == "" {
+		cfg.Snapshotter = "overlayfs"
+	}
+	c := &Containerd{
+		Address: filepath.Join(cfg.Dir, "containerd.sock"),
+		cfg:     cfg,
+		bin:     bin,
+		log:     filepath.Join(cfg.Dir, "containerd.log"),
+	}
+	switch {
+	case cfg.ConfigVersion == 3 && cfg.Version == V1:
+		return nil, "", errors.New("containerd 1.6 does not read config version 3")
+	case cfg.ConfigVersion != 0 && cfg.ConfigVersion != 2 && cfg.ConfigVersion != 3:
+		return nil, "", fmt.Errorf("config version %d: only 2 and 3 are written", cfg.ConfigVersion)
+	}
+	config := c.config()
+	if cfg.Version == V2 && cfg.ConfigVersion != 2 {
+		config = c.config3()
+		if err := c.writeHosts(); err != nil {
+			return nil, "", err
+		}
+	}
+	return c, config, nil
 }
 
 // config returns containerd 1.6's config (version 2).
@@ -412,10 +438,14 @@ func (c *Containerd) Version() Version { return c.cfg.Version }
 // Stop asks containerd to exit (SIGTERM, by PID) and waits for it. Shims
 // of containers still running outlive it: remove them first, or kill
 // Shims().
-func (c *Containerd) Stop() { c.proc.Stop(20 * time.Second) }
+func (c *Containerd) Stop() {
+	if c.proc != nil {
+		c.proc.Stop(20 * time.Second)
+	}
+}
 
 // Running reports whether the containerd process is alive.
-func (c *Containerd) Running() bool { return c.proc.Running() }
+func (c *Containerd) Running() bool { return c.proc != nil && c.proc.Running() }
 
 // LogTail returns the last n lines of containerd's log.
 func (c *Containerd) LogTail(n int) string { return proc.LogTail(c.log, n) }
