@@ -178,6 +178,9 @@ func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o
 		}
 		sum.SourceCompressed += n
 	}
+	if o.maxSource > 0 && sum.SourceCompressed > o.maxSource {
+		return nil, sum, fmt.Errorf("%w: %d bytes of compressed layers, more than the bound of %d", ErrTooLarge, sum.SourceCompressed, o.maxSource)
+	}
 	ext4Path := filepath.Join(dir, "rootfs.ext4")
 	ext4, err := os.OpenFile(ext4Path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -198,6 +201,9 @@ func buildOne(ctx context.Context, repo name.Repository, t target, dir string, o
 	streamed := make(chan error, 1)
 	go func() { streamed <- cw.run(ctx, ext4, sw.stream(o.chunkSize)) }()
 	stats := &flattenStats{}
+	if o.maxSource > 0 {
+		stats.bounded, stats.spoolLimit = true, o.maxSource-sum.SourceCompressed
+	}
 	size, err := flatten(ctx, layers, sw, dir, o.progress, stats)
 	sw.abort()
 	if serr := <-streamed; err == nil {

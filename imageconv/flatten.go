@@ -42,6 +42,10 @@ func Flatten(ctx context.Context, layers []v1.Layer, out *os.File, workDir strin
 
 type flattenStats struct {
 	uncompressed int64 // bytes of the layers' tars
+	// With bounded, spoolLimit bounds the uncompressed bytes spooled (see
+	// WithMaxSourceSize); spooled counts them as they are written.
+	bounded             bool
+	spoolLimit, spooled int64
 }
 
 func flatten(ctx context.Context, layers []v1.Layer, sw *sparseWriter, workDir string, p Progress, stats *flattenStats) (int64, error) {
@@ -56,7 +60,7 @@ func flatten(ctx context.Context, layers []v1.Layer, sw *sparseWriter, workDir s
 	spools := make([]string, len(layers))
 	for i, l := range layers {
 		spools[i] = filepath.Join(spoolDir, fmt.Sprintf("layer-%d.tar", i))
-		if err := scanLayer(ctx, i, len(layers), l, t, spools[i], p); err != nil {
+		if err := scanLayer(ctx, i, len(layers), l, t, spools[i], p, stats); err != nil {
 			return 0, err
 		}
 		t.endLayer()
@@ -112,7 +116,7 @@ func totalSize(files []string) int64 {
 
 // scanLayer reads layer i once: verifies its digest and diff ID, spools
 // the uncompressed tar to spool, and merges its headers into t.
-func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string, p Progress) (err error) {
+func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string, p Progress, stats *flattenStats) (err error) {
 	dgst, err := l.Digest()
 	if err != nil {
 		return fmt.Errorf("layer %d: %w", i, err)
@@ -131,7 +135,7 @@ func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string,
 	defer rc.Close()
 	blob := &checkedReader{r: &progressReader{ctx: ctx, r: rc, p: p}, h: sha256.New()}
 	defer func() {
-		if err != nil && ctx.Err() == nil {
+		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrTooLarge) {
 			err = blob.diagnose(err, dgst, size)
 		}
 	}()
@@ -151,7 +155,7 @@ func scanLayer(ctx context.Context, i, n int, l v1.Layer, t *tree, spool string,
 	defer f.Close()
 	bw := bufio.NewWriterSize(f, 1<<20)
 	h := sha256.New()
-	tee := io.TeeReader(ahead, io.MultiWriter(bw, h))
+	tee := io.TeeReader(ahead, io.MultiWriter(&boundedWriter{w: bw, stats: stats}, h))
 	tr := tar.NewReader(tee)
 	for {
 		hdr, err := tr.Next()

@@ -24,6 +24,7 @@ type options struct {
 	progress  Progress
 	signKey   *signature.PrivateKey
 	dryRun    bool
+	maxSource int64
 	// registry holds what reaching the registry takes (plain HTTP,
 	// credentials, remote options), for the artifact package's calls and
 	// our own.
@@ -70,6 +71,14 @@ func WithSignKey(key *signature.PrivateKey) Option { return func(o *options) { o
 // without pushing anything (conversion is deterministic: a digest says
 // what a conversion would push).
 func WithDryRun() Option { return func(o *options) { o.dryRun = true } }
+
+// WithMaxSourceSize refuses an image (ErrTooLarge) whose layers' compressed
+// plus uncompressed bytes exceed n: before any layer is downloaded when the
+// compressed sizes alone do, otherwise as soon as the uncompressed bytes
+// read do. A conversion's work dir then stays within about twice n (the
+// uncompressed layers spooled, the ext4 image, the compressed chunks).
+// 0, the default, sets no bound.
+func WithMaxSourceSize(n int64) Option { return func(o *options) { o.maxSource = n } }
 
 // WithKeychain resolves registry credentials with k instead of the docker
 // config and credential helpers.
