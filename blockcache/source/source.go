@@ -221,6 +221,9 @@ func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (a
 	if errors.As(err, &serr) {
 		s.noteRejected(req, serr.Rejected)
 	}
+	if errors.Is(err, artifact.ErrNoArtifact) && s.cfg.converter != nil {
+		s.cfg.converter.Request(convertRef(ref, req))
+	}
 	if !errors.Is(err, artifact.ErrRegistryUnreachable) {
 		return nil, false, err
 	}
@@ -374,6 +377,7 @@ type options struct {
 	imageOpts    []blockcache.Option
 	saveDir      string
 	verifier     artifact.Verifier
+	converter    ConvertRequester
 }
 
 // WithKeychain resolves registry credentials with k (default: the docker
@@ -409,6 +413,26 @@ func WithImageOptions(opts ...blockcache.Option) Option {
 // ambiguous. A saved artifact is used only if v accepts the verdict it was
 // saved with.
 func WithVerifier(v artifact.Verifier) Option { return func(c *options) { c.verifier = v } }
+
+// ConvertRequester asks a conversion service to convert an image (package
+// imageconv/service/client). Request must not block.
+type ConvertRequester interface {
+	Request(image string)
+}
+
+// WithConvertRequests asks r to convert each image found to have no
+// artifact at all (ErrNoArtifact), named REGISTRY/REPOSITORY@DIGEST by
+// the manifest asked for (or as requested, without one), so that its next
+// pull streams; this pull goes on as it would have.
+func WithConvertRequests(r ConvertRequester) Option { return func(c *options) { c.converter = r } }
+
+// convertRef names req's image for a conversion request.
+func convertRef(ref name.Reference, req Request) string {
+	if req.ManifestDigest != "" {
+		return ref.Context().Name() + "@" + req.ManifestDigest
+	}
+	return ref.Name()
+}
 
 // WithSaveDir keeps each open image's artifact in dir, for when the
 // registry is down (see the package comment).

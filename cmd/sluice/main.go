@@ -91,6 +91,6 @@ $DOCKER_CONFIG) and its credential helpers.`,
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file")
 	_ = root.PersistentFlags().MarkHidden("cpuprofile")
 	root.PersistentFlags().BoolVar(&g.plainHTTP, "plain-http", false, "talk to the registry over plain HTTP instead of HTTPS")
-	root.AddCommand(newConvert(g), newInspect(g), newExport(g), newServe(g), newPull(g), newSign(g), newVerify(g))
+	root.AddCommand(newConvert(g), newInspect(g), newExport(g), newServe(g), newPull(g), newSign(g), newVerify(g), newConvertService(g))
 	return root
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-project/sluice/blockcache"
 	"github.com/sluice-project/sluice/blockcache/source"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
+	"github.com/sluice-project/sluice/imageconv/service/client"
 	"github.com/sluice-project/sluice/nbdserver"
 	"github.com/sluice-project/sluice/snapshot"
 )
@@ -31,6 +32,7 @@ type agent struct {
 	store *blockcache.Store
 	nbd   *nbdserver.Server
 	src   *source.Source
+	conv  *client.Client // nil without convert_service
 	sn    *snapshot.Snapshotter
 	rpc   *grpc.Server
 	web   *http.Server
@@ -120,6 +122,12 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 			log.Info().Str("key", k.String()).Msg("trust: artifacts signed by this key")
 		}
 	}
+	if cfg.ConvertService != "" {
+		if a.conv, err = client.New(ctx, cfg.ConvertService); err != nil {
+			return nil, fmt.Errorf("convert_service: %w", err)
+		}
+		srcOpts = append(srcOpts, source.WithConvertRequests(a.conv))
+	}
 	a.src = source.New(ctx, a.store, cliutil.NBDExports{Server: a.nbd}, srcOpts...)
 
 	a.sn, err = snapshot.New(ctx, cfg.Root, streams{src: a.src, socket: cfg.NBDSocket}, att, snapshot.WithPolicy(policy))
@@ -203,6 +211,9 @@ func (a *agent) close() error {
 		}
 		if a.stopNBD != nil {
 			a.stopNBD()
+		}
+		if a.conv != nil {
+			a.conv.Close()
 		}
 		a.serving.Wait()
 		if a.store != nil {

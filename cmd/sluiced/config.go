@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,12 @@ type Config struct {
 	Attacher string `toml:"attacher"`
 	// PlainHTTP lists registries reached over plain HTTP, e.g. ["127.0.0.1:5000"]. Default none.
 	PlainHTTP []string `toml:"plain_http"`
+	// ConvertService is the URL of a `sluice convert-service`, e.g.
+	// "http://sluice-convert.sluice.svc:8080": an image pulled the
+	// ordinary way because it has no artifact is sent there once
+	// (deduplicated, rate-limited, in the background) to be converted for
+	// its next pull. Default "" (off).
+	ConvertService string `toml:"convert_service"`
 	// CredentialsFile is a docker-config-format file of node credentials,
 	// used before ~/.docker/config.json and credential helpers; read at
 	// each lookup, so it may appear or change later. "" turns it off.
@@ -139,6 +146,11 @@ func (c *Config) validate() error {
 	}
 	if c.CredentialsFile != "" && !filepath.IsAbs(c.CredentialsFile) {
 		return fmt.Errorf("credentials_file: want an absolute path or \"\", got %q", c.CredentialsFile)
+	}
+	if c.ConvertService != "" {
+		if u, err := url.Parse(c.ConvertService); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("convert_service: want an http[s]://host[:port] URL or \"\", got %q", c.ConvertService)
+		}
 	}
 	if _, err := cliutil.NewLogger(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level: %q is not debug, info, warn or error", c.LogLevel)

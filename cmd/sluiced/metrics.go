@@ -46,6 +46,9 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (a *agent) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(a.src.Collector(), a.sn.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if a.conv != nil {
+		reg.MustRegister(a.conv.Collector())
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/healthz", &a.health)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -154,4 +156,30 @@ func (s *Service) healthy() error {
 		return errors.New(msg)
 	}
 	return nil
+}
+
+// Serve runs the service: the HTTP API (Handler) on l and the conversions
+// (Run), until ctx is done or the listener fails; then it stops taking
+// requests (those in flight get a few seconds), cancels the conversions
+// running (their jobs stay queued) and returns.
+func (s *Service) Serve(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return s.ctx }}
+	runCtx, stopRun := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { s.Run(runCtx); close(ran) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+		err = fmt.Errorf("serving on %s: %w", l.Addr(), err)
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdownCtx)
+	stopRun()
+	<-ran
+	zerolog.Ctx(s.ctx).Info().Msg("conversion service stopped; queued jobs stay for the next start")
+	return err
 }
