@@ -24,7 +24,11 @@ type convertServiceFlags struct {
 }
 
 func newConvertService(g *globals) *cobra.Command {
-	f := &convertServiceFlags{}
+	return convertServiceCommand(g, &convertServiceFlags{})
+}
+
+// convertServiceCommand is the command, its flags parsed into f.
+func convertServiceCommand(g *globals, f *convertServiceFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "convert-service [--plain-http] --listen ADDR [--sign-key FILE] [--repos PATTERN,...] [--work-dir DIR] [--max-parallel N]",
 		Short: "Convert images as they are pushed (registry notifications) or first pulled (node requests)",

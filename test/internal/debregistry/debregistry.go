@@ -36,8 +36,10 @@ type Registry struct {
 }
 
 type options struct {
-	accessLog bool
-	addr      string
+	accessLog     bool
+	addr          string
+	notifications string
+	htpasswd      string
 }
 
 // Option configures Start.
@@ -49,6 +51,16 @@ func WithAccessLog() Option { return func(o *options) { o.accessLog = true } }
 // WithAddr makes the registry listen on addr (127.0.0.1:PORT) instead of a
 // free port: to start a stopped registry again where it was.
 func WithAddr(addr string) Option { return func(o *options) { o.addr = addr } }
+
+// WithNotifications adds snippet, a top-level "notifications:" section of
+// distribution's config (such as scripts/convert-service's
+// registry-notifications.yml with its URL filled in), to the registry's
+// config: it then sends its events there.
+func WithNotifications(snippet string) Option { return func(o *options) { o.notifications = snippet } }
+
+// WithHtpasswd makes the registry require the users of the htpasswd file
+// at path (bcrypt), over plain HTTP.
+func WithHtpasswd(path string) Option { return func(o *options) { o.htpasswd = path } }
 
 // Start runs docker-registry with its storage, config and logs under dir
 // and waits until it answers /v2/. Starting it again on the same dir keeps
@@ -86,6 +98,10 @@ storage:
 http:
   addr: %s
 `, !o.accessLog, storage, addr)
+	if o.htpasswd != "" {
+		config += fmt.Sprintf("auth:\n  htpasswd:\n    realm: sluice-test\n    path: %s\n", o.htpasswd)
+	}
+	config += o.notifications
 	cfgPath := filepath.Join(dir, "registry.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return nil, err
@@ -118,7 +134,7 @@ http:
 		resp, err := http.Get("http://" + addr + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || (o.htpasswd != "" && resp.StatusCode == http.StatusUnauthorized) {
 				return r, nil
 			}
 		}
