@@ -1,0 +1,5 @@
+//go:build !race
+
+package convertsvc
+
+const raceBuild = false
