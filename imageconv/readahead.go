@@ -15,6 +15,7 @@ type readAhead struct {
 	err   error
 	errc  chan error
 	stop  chan struct{}
+	done  chan struct{} // closed when the goroutine has returned
 	close sync.Once
 }
 
@@ -24,11 +25,13 @@ func newReadAhead(r io.Reader, bufSize, n int) *readAhead {
 		free: make(chan []byte, n),
 		errc: make(chan error, 1),
 		stop: make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	for range n {
 		ra.free <- make([]byte, bufSize)
 	}
 	go func() {
+		defer close(ra.done)
 		defer close(ra.full)
 		for {
 			var b []byte
@@ -78,8 +81,11 @@ func (ra *readAhead) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close stops the goroutine; it does not close r.
+// Close stops the goroutine and waits for it (a Read of r in progress
+// ends first), so that r may be closed or read by others afterwards; it
+// does not close r.
 func (ra *readAhead) Close() error {
 	ra.close.Do(func() { close(ra.stop) })
+	<-ra.done
 	return nil
 }

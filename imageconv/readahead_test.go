@@ -5,8 +5,10 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestReadAhead(t *testing.T) {
@@ -38,5 +40,38 @@ func TestReadAhead(t *testing.T) {
 	ra := newReadAhead(io.MultiReader(bytes.NewReader(src[:10]), iotest.ErrReader(boom)), 4, 2)
 	if _, err := io.ReadAll(ra); !errors.Is(err, boom) {
 		t.Fatalf("error %v, want boom", err)
+	}
+}
+
+// busyReader counts its Reads and says whether one is in progress.
+type busyReader struct {
+	reading, reads atomic.Int64
+}
+
+func (r *busyReader) Read(p []byte) (int, error) {
+	r.reading.Add(1)
+	defer r.reading.Add(-1)
+	time.Sleep(time.Millisecond)
+	r.reads.Add(1)
+	clear(p)
+	return len(p), nil
+}
+
+// TestReadAheadCloseWaits: once Close returns, the goroutine reads r no
+// more, so the caller may close r (a decompressor) or read it itself.
+func TestReadAheadCloseWaits(t *testing.T) {
+	r := &busyReader{}
+	ra := newReadAhead(r, 512, 4)
+	if _, err := io.ReadFull(ra, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	ra.Close()
+	if n := r.reading.Load(); n != 0 {
+		t.Fatalf("%d Reads of r in progress after Close", n)
+	}
+	reads := r.reads.Load()
+	time.Sleep(20 * time.Millisecond) // time for a goroutine left running to read
+	if n := r.reads.Load(); n != reads {
+		t.Errorf("r was read %d more times after Close", n-reads)
 	}
 }
