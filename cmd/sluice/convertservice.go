@@ -84,7 +84,7 @@ docker config and its credential helpers. Stop with Ctrl-C or SIGTERM.`,
 	fl.StringVar(&f.repos, "repos", "", "convert only repositories matching one of these patterns, e.g. 'team/*,apps/**' ('*' within a path component, '/**' anything below; a pattern may start with the registry host); default every repository")
 	fl.StringVar(&f.registries, "registries", "", "convert only from these registries (host[:port],...), whatever a request names (default: any)")
 	fl.StringVar(&f.workDir, "work-dir", os.TempDir(), "directory for the conversions' temporary files (the service's own subdirectory is emptied at start)")
-	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/sluice/convert-service", "directory of the persistent queue (one service per directory)")
+	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/sluice-convert", "directory of the persistent queue, one file per job (one service per directory: it is locked)")
 	fl.IntVar(&f.maxParallel, "max-parallel", service.DefaultMaxParallel, "conversions running at once")
 	fl.IntVar(&f.maxQueue, "max-queue", service.DefaultMaxQueue, "jobs queued and running at most; more are refused (503)")
 	fl.StringVar(&f.maxImageSize, "max-image-size", cliutil.FormatSizeExact(service.DefaultMaxImageSize), "refuse images whose layers' compressed plus uncompressed bytes pass this")
