@@ -31,7 +31,8 @@ type Config struct {
 	// normally, "require" fails the pull. Default "fallback".
 	Policy string `toml:"policy"`
 	// Attacher is "auto", "kernel" or "portable". Default "auto": the kernel
-	// nbd driver when it is there, nbdfuse + loop otherwise.
+	// nbd driver where it works (loading the nbd module if needed), nbdfuse
+	// + loop otherwise; the log says which and why.
 	Attacher string `toml:"attacher"`
 	// PlainHTTP lists registries reached over plain HTTP, e.g. ["127.0.0.1:5000"]. Default none.
 	PlainHTTP []string `toml:"plain_http"`
@@ -39,8 +40,9 @@ type Config struct {
 	// used before ~/.docker/config.json and credential helpers; read at
 	// each lookup, so it may appear or change later. "" turns it off.
 	// Default "/etc/sluice/credentials.json" (none while it does not exist).
-	CredentialsFile string      `toml:"credentials_file"`
-	Cache           CacheConfig `toml:"cache"`
+	CredentialsFile string       `toml:"credentials_file"`
+	Cache           CacheConfig  `toml:"cache"`
+	Kernel          KernelConfig `toml:"kernel"`
 }
 
 // CacheConfig is the [cache] table.
@@ -82,6 +84,7 @@ func defaultConfig() Config {
 			FetchConcurrency: 4,
 			MemoryCache:      "8MiB",
 		},
+		Kernel: defaultKernelConfig(),
 	}
 }
 
@@ -164,5 +167,5 @@ func (c *Config) validate() error {
 	if c.Cache.FetchConcurrency < 1 || c.Cache.FetchConcurrency > 64 {
 		return fmt.Errorf("cache.fetch_concurrency: want 1 to 64, got %d", c.Cache.FetchConcurrency)
 	}
-	return nil
+	return c.Kernel.validate()
 }

@@ -52,6 +52,11 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		`root = `:                              "line 1",
 		"[cache]\nmemory_cache = \"much\"":     "cache.memory_cache:",
 		`credentials_file = "creds.json"`:      "credentials_file:",
+		"[kernel]\nconnections = 9":            "kernel.connections:",
+		"[kernel]\ntimeout = \"500ms\"":        "kernel.timeout:",
+		"[kernel]\ndead_conn_timeout = \"x\"":  "kernel.dead_conn_timeout:",
+		"[kernel]\nnbds_max = 0":               "kernel.nbds_max:",
+		"[kernel]\nsockets = 2":                "unknown field kernel.sockets",
 	} {
 		_, err := loadConfig(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {
