@@ -537,3 +537,35 @@ func (a *KernelAttacher) Close() error {
 	}
 	return nil
 }
+
+// NBDDevice is one /dev/nbdN as the kernel's STATUS command reports it.
+type NBDDevice struct {
+	Path string
+	// Connected: the device has a configuration (it is attached, or
+	// opened while unattached); a free device has none.
+	Connected bool
+	// Backend is the device's backend identifier, "" if it has none.
+	Backend string
+}
+
+// NBDStatus reports every nbd device of the kernel (STATUS), for
+// diagnostics and tests. It fails with ErrNoNBDFamily if the nbd module is
+// not loaded.
+func NBDStatus() ([]NBDDevice, error) {
+	n, err := lookupNBDFamily()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoNBDFamily, err)
+	}
+	list, err := n.status(-1)
+	if err != nil {
+		return nil, err
+	}
+	devs := make([]NBDDevice, len(list))
+	for i, st := range list {
+		devs[i] = NBDDevice{Path: nbdPath(int64(st.index)), Connected: st.connected}
+		if st.connected {
+			devs[i].Backend = sysBackend(int64(st.index))
+		}
+	}
+	return devs, nil
+}

@@ -1,0 +1,102 @@
+package qemuvm
+
+import (
+	"bytes"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestArchive: cpio(1) reads the archive back.
+func TestArchive(t *testing.T) {
+	if _, err := exec.LookPath("cpio"); err != nil {
+		t.Fatalf("cpio not found: %v", err)
+	}
+	a := NewArchive()
+	a.Bytes("etc/hello", []byte("hello\n"), 0o644)
+	a.Symlink("bin/sh", "busybox")
+	a.Dir("tmp", 0o1777)
+	var buf bytes.Buffer
+	if _, err := a.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len()%4 != 0 {
+		t.Errorf("archive of %d bytes, not a multiple of 4", buf.Len())
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("cpio", "-id", "--quiet")
+	cmd.Dir = dir
+	cmd.Stdin = &buf
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio -id: %v: %s", err, out)
+	}
+	out, err := exec.Command("sh", "-c", "cd "+dir+" && find . | sort && cat etc/hello && readlink bin/sh && stat -c %a tmp").CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ".\n./bin\n./bin/sh\n./etc\n./etc/hello\n./tmp\nhello\nbusybox\n1777\n"
+	if string(out) != want {
+		t.Errorf("unpacked:\n%s\nwant:\n%s", out, want)
+	}
+	h1, _ := a.Hash()
+	a.Bytes("etc/hello", []byte("hello!\n"), 0o644)
+	if h2, _ := a.Hash(); h1 == h2 {
+		t.Error("the hash did not change with a file's content")
+	}
+}
+
+func TestSectionsAndGoTests(t *testing.T) {
+	out := strings.Join([]string{
+		"kernel noise",
+		"@@BEGIN guest",
+		"=== RUN   TestA",
+		"    a_test.go:1: REPORT ratio 2.0",
+		"--- PASS: TestA (1.00s)",
+		"=== RUN   TestB",
+		"=== RUN   TestB/sub",
+		"--- FAIL: TestB (0.50s)",
+		"    --- FAIL: TestB/sub (0.20s)",
+		"=== RUN   TestC",
+		"--- SKIP: TestC (0.00s)",
+		"=== RUN   TestD",
+		"FAIL",
+		"@@END guest 1",
+		"@@BEGIN dmesg",
+		"[ 1.0] hello",
+	}, "\n")
+	secs := Sections(out)
+	if len(secs) != 2 || secs[0].Name != "guest" || !secs[0].Ended || secs[0].Code != 1 || secs[1].Ended {
+		t.Fatalf("sections %+v", secs)
+	}
+	tests := GoTests(secs[0].Lines)
+	got := ""
+	for _, gt := range tests {
+		got += gt.Name + ":" + gt.Result + " "
+	}
+	if got != "TestA:PASS TestB:FAIL TestC:SKIP TestD: " {
+		t.Errorf("tests %q", got)
+	}
+	if r := Reports(secs[0].Lines); len(r) != 1 || r[0] != "ratio 2.0" {
+		t.Errorf("reports %q", r)
+	}
+}
+
+// TestModuleDeps: dependencies come first (needs Debian's kernel, which
+// scripts/install-deps.sh installs for the VM tests).
+func TestModuleDeps(t *testing.T) {
+	k, err := FindKernel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, err := k.moduleDeps("ext4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mods) < 2 || filepath.Base(mods[len(mods)-1]) != "ext4.ko" {
+		t.Errorf("ext4 and its dependencies: %v", mods)
+	}
+	if _, err := k.moduleDeps("no_such_module"); err == nil {
+		t.Error("an unknown module was found")
+	}
+}

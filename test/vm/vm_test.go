@@ -1,0 +1,235 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-project/sluice/test/internal/qemuvm"
+)
+
+const module = "github.com/sluice-project/sluice"
+
+// requireVM returns the kernel to boot and the cache directory; a missing
+// QEMU or kernel fails the test, naming the package.
+func requireVM(t *testing.T) (qemuvm.Kernel, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds guest images from /lib/modules and the system's tools")
+	}
+	if _, err := qemuvm.QEMU(); err != nil {
+		t.Fatal(err)
+	}
+	k, err := qemuvm.FindKernel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := qemuvm.Cache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, cache
+}
+
+// binary is a static binary of this module built for a guest.
+type binary struct {
+	name string // file name in the guest's /vm/bin
+	pkg  string // package, relative to the module
+	test bool   // a test binary (go test -c)
+}
+
+// buildStatic builds the binaries with CGO_ENABLED=0 into dir.
+func buildStatic(t *testing.T, ctx context.Context, dir string, bins ...binary) {
+	t.Helper()
+	start := time.Now()
+	for _, b := range bins {
+		args := []string{"build", "-o", filepath.Join(dir, b.name), module + "/" + b.pkg}
+		if b.test {
+			args = []string{"test", "-c", "-o", filepath.Join(dir, b.name), module + "/" + b.pkg}
+		}
+		cmd := exec.CommandContext(ctx, goTool(), args...)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	t.Logf("built %d static binaries in %v", len(bins), time.Since(start).Round(time.Millisecond))
+}
+
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+}
+
+// listTests lists the tests a test binary would run for pattern.
+func listTests(t *testing.T, bin, pattern string) []string {
+	t.Helper()
+	out, err := exec.Command(bin, "-test.list", pattern).Output()
+	if err != nil {
+		t.Fatalf("%s -test.list: %v", bin, err)
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "Test") {
+			names = append(names, l)
+		}
+	}
+	return names
+}
+
+// testContext is bounded by the test's deadline, less a minute to report.
+func testContext(t *testing.T) context.Context {
+	ctx := context.Background()
+	if d, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-time.Minute))
+		t.Cleanup(cancel)
+	}
+	return ctx
+}
+
+// checkSection makes a subtest of each test a guest step ran: it fails if
+// the test failed, or skipped (the guest has what every test needs), and
+// the step fails if it did not finish, did not exit 0, or left out a test
+// of want.
+func checkSection(t *testing.T, b *qemuvm.Boot, name string, want []string) []string {
+	t.Helper()
+	var sec *qemuvm.Section
+	for _, s := range qemuvm.Sections(b.Output) {
+		if s.Name == name {
+			sec = s
+		}
+	}
+	if sec == nil {
+		t.Errorf("the guest never ran %s; console:\n%s\noutput:\n%s", name, tail(b.Console, 40), tail(b.Output, 40))
+		return nil
+	}
+	ran := map[string]bool{}
+	t.Run(name, func(t *testing.T) {
+		for _, gt := range qemuvm.GoTests(sec.Lines) {
+			ran[gt.Name] = true
+			t.Run(gt.Name, func(t *testing.T) {
+				out := strings.Join(gt.Output, "\n")
+				switch gt.Result {
+				case "PASS":
+					t.Log("\n" + out)
+				case "SKIP":
+					t.Errorf("skipped in the VM, which has what it needs:\n%s", out)
+				case "FAIL":
+					t.Errorf("failed in the VM:\n%s", out)
+				default:
+					t.Errorf("did not finish in the VM:\n%s", out)
+				}
+			})
+		}
+		for _, w := range want {
+			if !ran[w] {
+				t.Errorf("%s did not run in the VM", w)
+			}
+		}
+		if !sec.Ended {
+			t.Errorf("%s did not finish; last output:\n%s\nconsole:\n%s", name, tail(strings.Join(sec.Lines, "\n"), 30), tail(b.Console, 30))
+		} else if sec.Code != 0 {
+			t.Errorf("%s exited with %d:\n%s", name, sec.Code, tail(strings.Join(sec.Lines, "\n"), 30))
+		}
+	})
+	return qemuvm.Reports(sec.Lines)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// dmesg returns the kernel log the guest wrote last.
+func dmesg(b *qemuvm.Boot) string {
+	for _, s := range qemuvm.Sections(b.Output) {
+		if s.Name == "dmesg" {
+			return strings.Join(s.Lines, "\n")
+		}
+	}
+	return ""
+}
+
+// writeReport logs the figures and keeps them in the cache directory.
+func writeReport(t *testing.T, cache, name string, lines []string) {
+	t.Helper()
+	if len(lines) == 0 {
+		return
+	}
+	body := fmt.Sprintf("%s %s\n%s\n", time.Now().Format(time.RFC3339), name, strings.Join(lines, "\n"))
+	t.Logf("figures:\n%s", body)
+	if err := os.WriteFile(filepath.Join(cache, "last-report-"+name+".txt"), []byte(body), 0o644); err != nil {
+		t.Log(err)
+	}
+}
+
+// TestKernelNBD runs the kernel attacher's tests (snapshot's TestKernel*)
+// and test/vm/guest's in a guest booted from an initramfs.
+func TestKernelNBD(t *testing.T) {
+	k, cache := requireVM(t)
+	ctx := testContext(t)
+	start := time.Now()
+	base, err := qemuvm.BaseInitramfs(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseFile, err := qemuvm.CachedArchive(cache, "base-"+k.Version, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("base initramfs %s (%v)", baseFile, time.Since(start).Round(time.Millisecond))
+
+	work := t.TempDir()
+	bin := filepath.Join(work, "bin")
+	buildStatic(t, ctx, bin,
+		binary{name: "snapshot.test", pkg: "snapshot", test: true},
+		binary{name: "guest.test", pkg: "test/vm/guest", test: true},
+		binary{name: "sluiced", pkg: "cmd/sluiced"},
+	)
+	const kernelTests = "^TestKernel"
+	wantSnapshot := listTests(t, filepath.Join(bin, "snapshot.test"), kernelTests)
+	wantGuest := listTests(t, filepath.Join(bin, "guest.test"), ".")
+
+	run := qemuvm.NewArchive()
+	for _, b := range []string{"snapshot.test", "guest.test", "sluiced"} {
+		run.File("vm/bin/"+b, filepath.Join(bin, b), 0o755)
+	}
+	run.Bytes("vm/init.sh", qemuvm.RunScript(
+		map[string]string{"SLUICE_TEST_VM": "1", "SLUICE_VM_BIN": "/vm/bin", "HOME": "/root", "TMPDIR": "/tmp"},
+		[]string{"crc32c_generic", "ext4", "loop", "overlay"},
+		[]qemuvm.Step{
+			{Name: "snapshot", Command: "/vm/bin/snapshot.test -test.v -test.run '" + kernelTests + "' -test.timeout 15m"},
+			{Name: "guest", Command: "/vm/bin/guest.test -test.v -test.timeout 25m"},
+		}), 0o755)
+	runFile := filepath.Join(work, "run.cpio")
+	if err := run.WriteFile(runFile); err != nil {
+		t.Fatal(err)
+	}
+	// 4 CPUs: the block layer gives a device at most one hardware queue
+	// (and so one NBD connection in use) per CPU.
+	m := qemuvm.Machine{Kernel: k, Initrd: []string{baseFile, runFile}, CPUs: 4, MemoryMiB: 3072, Dir: work}
+	b, err := m.Run(ctx, 40*time.Minute)
+	if err != nil {
+		t.Error(err)
+	}
+	if b == nil {
+		return
+	}
+	t.Logf("VM ran %v (%v since the test started)", b.Elapsed.Round(time.Second), time.Since(start).Round(time.Second))
+	var reports []string
+	reports = append(reports, checkSection(t, b, "snapshot", wantSnapshot)...)
+	reports = append(reports, checkSection(t, b, "guest", wantGuest)...)
+	reports = append(reports, fmt.Sprintf("VM boot and tests: %v; whole test with builds: %v", b.Elapsed.Round(time.Second), time.Since(start).Round(time.Second)))
+	writeReport(t, cache, "kernel-nbd", reports)
+	if t.Failed() {
+		t.Logf("guest kernel log:\n%s", tail(dmesg(b), 80))
+	}
+}
