@@ -17,7 +17,7 @@ const module = "github.com/sluice-project/sluice"
 
 // requireVM returns the kernel to boot and the cache directory; a missing
 // QEMU or kernel fails the test, naming the package.
-func requireVM(t *testing.T) (qemuvm.Kernel, string) {
+func requireVM(t testing.TB) (qemuvm.Kernel, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: builds guest images from /lib/modules and the system's tools")
@@ -44,7 +44,7 @@ type binary struct {
 }
 
 // buildStatic builds the binaries with CGO_ENABLED=0 into dir.
-func buildStatic(t *testing.T, ctx context.Context, dir string, bins ...binary) {
+func buildStatic(t testing.TB, ctx context.Context, dir string, bins ...binary) {
 	t.Helper()
 	start := time.Now()
 	for _, b := range bins {
@@ -69,7 +69,7 @@ func goTool() string {
 }
 
 // listTests lists the tests a test binary would run for pattern.
-func listTests(t *testing.T, bin, pattern string) []string {
+func listTests(t testing.TB, bin, pattern string) []string {
 	t.Helper()
 	out, err := exec.Command(bin, "-test.list", pattern).Output()
 	if err != nil {
@@ -159,7 +159,7 @@ func dmesg(b *qemuvm.Boot) string {
 }
 
 // writeReport logs the figures and keeps them in the cache directory.
-func writeReport(t *testing.T, cache, name string, lines []string) {
+func writeReport(t testing.TB, cache, name string, lines []string) {
 	t.Helper()
 	if len(lines) == 0 {
 		return
@@ -171,65 +171,131 @@ func writeReport(t *testing.T, cache, name string, lines []string) {
 	}
 }
 
-// TestKernelNBD runs the kernel attacher's tests (snapshot's TestKernel*)
-// and test/vm/guest's in a guest booted from an initramfs.
-func TestKernelNBD(t *testing.T) {
-	k, cache := requireVM(t)
-	ctx := testContext(t)
+// guest is a boot of the initramfs guest: static binaries of this module
+// in /vm/bin, the steps it runs, and cached archives of extra tools.
+type guest struct {
+	bins  []binary
+	tools [][]string // each a set of host tools, an archive of its own
+	env   map[string]string
+	steps []qemuvm.Step
+}
+
+// boot builds what the guest needs and runs it. It returns the boot and
+// the directory of the binaries.
+func (g guest) boot(t testing.TB, ctx context.Context, k qemuvm.Kernel, cache string) (*qemuvm.Boot, string) {
+	t.Helper()
 	start := time.Now()
 	base, err := qemuvm.BaseInitramfs(k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	baseFile, err := qemuvm.CachedArchive(cache, "base-"+k.Version, base)
-	if err != nil {
+	initrd := make([]string, 1, 3)
+	if initrd[0], err = qemuvm.CachedArchive(cache, "base-"+k.Version, base); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("base initramfs %s (%v)", baseFile, time.Since(start).Round(time.Millisecond))
+	for _, tools := range g.tools {
+		a := qemuvm.NewArchive()
+		if err := qemuvm.AddDynamic(a, tools...); err != nil {
+			t.Fatal(err)
+		}
+		f, err := qemuvm.CachedArchive(cache, "tools-"+strings.Join(tools, "-"), a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		initrd = append(initrd, f)
+	}
+	t.Logf("guest archives %v (%v)", initrd, time.Since(start).Round(time.Millisecond))
 
 	work := t.TempDir()
 	bin := filepath.Join(work, "bin")
-	buildStatic(t, ctx, bin,
-		binary{name: "snapshot.test", pkg: "snapshot", test: true},
-		binary{name: "guest.test", pkg: "test/vm/guest", test: true},
-		binary{name: "sluiced", pkg: "cmd/sluiced"},
-	)
-	const kernelTests = "^TestKernel"
-	wantSnapshot := listTests(t, filepath.Join(bin, "snapshot.test"), kernelTests)
-	wantGuest := listTests(t, filepath.Join(bin, "guest.test"), ".")
-
+	buildStatic(t, ctx, bin, g.bins...)
 	run := qemuvm.NewArchive()
-	for _, b := range []string{"snapshot.test", "guest.test", "sluiced"} {
-		run.File("vm/bin/"+b, filepath.Join(bin, b), 0o755)
+	for _, b := range g.bins {
+		run.File("vm/bin/"+b.name, filepath.Join(bin, b.name), 0o755)
 	}
-	run.Bytes("vm/init.sh", qemuvm.RunScript(
-		map[string]string{"SLUICE_TEST_VM": "1", "SLUICE_VM_BIN": "/vm/bin", "HOME": "/root", "TMPDIR": "/tmp"},
-		[]string{"crc32c_generic", "ext4", "loop", "overlay"},
-		[]qemuvm.Step{
-			{Name: "snapshot", Command: "/vm/bin/snapshot.test -test.v -test.run '" + kernelTests + "' -test.timeout 15m"},
-			{Name: "guest", Command: "/vm/bin/guest.test -test.v -test.timeout 25m"},
-		}), 0o755)
+	env := map[string]string{"SLUICE_TEST_VM": "1", "SLUICE_VM_BIN": "/vm/bin", "HOME": "/root", "TMPDIR": "/tmp"}
+	for k, v := range g.env {
+		env[k] = v
+	}
+	run.Bytes("vm/init.sh", qemuvm.RunScript(env, []string{"crc32c_generic", "ext4", "loop", "overlay"}, g.steps), 0o755)
 	runFile := filepath.Join(work, "run.cpio")
 	if err := run.WriteFile(runFile); err != nil {
 		t.Fatal(err)
 	}
 	// 4 CPUs: the block layer gives a device at most one hardware queue
 	// (and so one NBD connection in use) per CPU.
-	m := qemuvm.Machine{Kernel: k, Initrd: []string{baseFile, runFile}, CPUs: 4, MemoryMiB: 3072, Dir: work}
+	m := qemuvm.Machine{Kernel: k, Initrd: append(initrd, runFile), CPUs: 4, MemoryMiB: 3072, Dir: work}
 	b, err := m.Run(ctx, 40*time.Minute)
 	if err != nil {
 		t.Error(err)
 	}
 	if b == nil {
-		return
+		t.FailNow()
 	}
-	t.Logf("VM ran %v (%v since the test started)", b.Elapsed.Round(time.Second), time.Since(start).Round(time.Second))
+	t.Logf("VM ran %v (%v with builds)", b.Elapsed.Round(time.Second), time.Since(start).Round(time.Second))
+	return b, bin
+}
+
+// TestKernelNBD runs the kernel attacher's tests (snapshot's TestKernel*)
+// and test/vm/guest's in a guest booted from an initramfs.
+func TestKernelNBD(t *testing.T) {
+	k, cache := requireVM(t)
+	ctx := testContext(t)
+	start := time.Now()
+	const kernelTests = "^TestKernel"
+	g := guest{
+		bins: []binary{
+			{name: "snapshot.test", pkg: "snapshot", test: true},
+			{name: "guest.test", pkg: "test/vm/guest", test: true},
+			{name: "sluiced", pkg: "cmd/sluiced"},
+		},
+		steps: []qemuvm.Step{
+			{Name: "snapshot", Command: "/vm/bin/snapshot.test -test.v -test.run '" + kernelTests + "' -test.timeout 15m"},
+			{Name: "guest", Command: "/vm/bin/guest.test -test.v -test.timeout 25m"},
+		},
+	}
+	b, bin := g.boot(t, ctx, k, cache)
 	var reports []string
-	reports = append(reports, checkSection(t, b, "snapshot", wantSnapshot)...)
-	reports = append(reports, checkSection(t, b, "guest", wantGuest)...)
+	reports = append(reports, checkSection(t, b, "snapshot", listTests(t, filepath.Join(bin, "snapshot.test"), kernelTests))...)
+	reports = append(reports, checkSection(t, b, "guest", listTests(t, filepath.Join(bin, "guest.test"), "."))...)
 	reports = append(reports, fmt.Sprintf("VM boot and tests: %v; whole test with builds: %v", b.Elapsed.Round(time.Second), time.Since(start).Round(time.Second)))
 	writeReport(t, cache, "kernel-nbd", reports)
 	if t.Failed() {
 		t.Logf("guest kernel log:\n%s", tail(dmesg(b), 80))
 	}
+}
+
+// BenchmarkFioInVM runs test/vm/guest's BenchmarkFio (fio on /dev/nbdN
+// against a loop device over the same ext4 image) in a guest with fio,
+// once, and reports its ratios. bench/vm/run.sh runs it.
+func BenchmarkFioInVM(b *testing.B) {
+	k, cache := requireVM(b)
+	ctx := context.Background()
+	g := guest{
+		bins: []binary{
+			{name: "guest.test", pkg: "test/vm/guest", test: true},
+			{name: "sluiced", pkg: "cmd/sluiced"},
+		},
+		tools: [][]string{{"fio"}},
+		env:   map[string]string{"SLUICE_FIO_RUNTIME": os.Getenv("SLUICE_FIO_RUNTIME")},
+		steps: []qemuvm.Step{{Name: "fio", Command: "/vm/bin/guest.test -test.run '^$' -test.bench '^BenchmarkFio$' -test.benchtime 1x -test.v -test.timeout 30m"}},
+	}
+	boot, _ := g.boot(b, ctx, k, cache)
+	for _, s := range qemuvm.Sections(boot.Output) {
+		if s.Name != "fio" {
+			continue
+		}
+		out := strings.Join(s.Lines, "\n")
+		if !s.Ended || s.Code != 0 {
+			b.Fatalf("the guest's fio benchmark failed:\n%s\nconsole:\n%s", out, tail(boot.Console, 30))
+		}
+		reports := qemuvm.Reports(s.Lines)
+		if len(reports) == 0 {
+			b.Fatalf("the guest's fio benchmark reported nothing:\n%s", out)
+		}
+		b.Logf("guest output:\n%s", out)
+		writeReport(b, cache, "fio", reports)
+		return
+	}
+	b.Fatalf("the guest never ran the fio benchmark; console:\n%s", tail(boot.Console, 40))
 }

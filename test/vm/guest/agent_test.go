@@ -42,7 +42,7 @@ type image struct {
 // pushConverted pushes an image of the layers to a new in-process
 // registry (on the guest's loopback) and converts it with the project's
 // converter.
-func pushConverted(t *testing.T, layers ...tree) (registry string, img *image) {
+func pushConverted(t testing.TB, layers ...tree) (registry string, img *image) {
 	t.Helper()
 	registry = testutil.Registry(t)
 	img = &image{files: tree{}}
@@ -98,7 +98,7 @@ func pushConverted(t *testing.T, layers ...tree) (registry string, img *image) {
 
 // agent is sluiced, the binary, run with the kernel attacher on dir.
 type agent struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	config string
 	proc   *proc.Proc
@@ -106,7 +106,7 @@ type agent struct {
 }
 
 // sluiced is the agent binary test/vm put in the guest.
-func sluiced(t *testing.T) string {
+func sluiced(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(os.Getenv("SLUICE_VM_BIN"), "sluiced")
 	if _, err := os.Stat(bin); err != nil {
@@ -116,8 +116,14 @@ func sluiced(t *testing.T) string {
 }
 
 // newAgent writes sluiced's config (the kernel table's timeout and
-// dead_conn_timeout as given) and starts it.
-func newAgent(t *testing.T, dir, registry, timeout, deadConn string) *agent {
+// dead_conn_timeout as given, 2 connections per device) and starts it.
+func newAgent(t testing.TB, dir, registry, timeout, deadConn string) *agent {
+	return newAgentConns(t, dir, registry, timeout, deadConn, 2)
+}
+
+// newAgentConns is newAgent with conns connections per device (0: one
+// per CPU).
+func newAgentConns(t testing.TB, dir, registry, timeout, deadConn string, conns int) *agent {
 	t.Helper()
 	cfg := fmt.Sprintf(`root = %[1]q
 address = %[2]q
@@ -131,11 +137,11 @@ dir = %[5]q
 size = "1GiB"
 background_rate = "0"
 [kernel]
-connections = 2
+connections = %[8]d
 timeout = %[6]q
 dead_conn_timeout = %[7]q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "snap.sock"), filepath.Join(dir, "nbd.sock"), registry,
-		filepath.Join(dir, "cache"), timeout, deadConn)
+		filepath.Join(dir, "cache"), timeout, deadConn, conns)
 	a := &agent{t: t, dir: dir, config: filepath.Join(dir, "sluiced.toml")}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -222,7 +228,7 @@ type container struct {
 
 // runContainer unpacks img (streamed: no layer applied) and mounts a new
 // container snapshot of it.
-func runContainer(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, img *image, key, dir string) *container {
+func runContainer(t testing.TB, ctx context.Context, sn snapshots.Snapshotter, img *image, key, dir string) *container {
 	t.Helper()
 	applied, err := testutil.Unpack(ctx, sn, img.unpack)
 	if err != nil {

@@ -28,7 +28,7 @@ import (
 
 // requireVM skips the test where the kernel nbd driver is missing (it
 // fails in the test VM); it loads the nbd module where it exists.
-func requireVM(t *testing.T) {
+func requireVM(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if testutil.InVM() {
@@ -46,13 +46,13 @@ func requireVM(t *testing.T) {
 
 // testContext carries a logger writing to the test's log, at info level
 // (debug lines of every request would flood the VM's serial port).
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
 	return l.WithContext(context.Background())
 }
 
 // tempDir is a short directory under /tmp, removed at the end.
-func tempDir(t *testing.T) string {
+func tempDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "vm-")
 	if err != nil {
@@ -116,7 +116,7 @@ func (tr tree) size() int64 {
 }
 
 // layer is the tree as one image layer (a gzipped tar).
-func (tr tree) layer(t *testing.T) []byte {
+func (tr tree) layer(t testing.TB) []byte {
 	t.Helper()
 	return testutil.LayerBlob(t, testutil.LayerSpec(tr))
 }
@@ -127,7 +127,7 @@ func (noProgress) Phase(string, int64) {}
 func (noProgress) Advance(int64)       {}
 
 // flatten writes the tree as an ext4 image with the project's converter.
-func flatten(t *testing.T, tr tree, dir string) string {
+func flatten(t testing.TB, tr tree, dir string) string {
 	t.Helper()
 	blob := tr.layer(t)
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(blob)), nil })
@@ -154,7 +154,7 @@ type fileBackend struct {
 func (b fileBackend) Size() int64 { return b.size }
 
 // serveImage serves the ext4 image as export "image" of a new NBD server.
-func serveImage(t *testing.T, img string) *nbdserver.Server {
+func serveImage(t testing.TB, img string) *nbdserver.Server {
 	t.Helper()
 	f, err := os.Open(img)
 	if err != nil {
@@ -249,7 +249,7 @@ func mountSource(point string) string {
 }
 
 // deviceState returns STATUS's view of the device at path.
-func deviceState(t *testing.T, path string) snapshot.NBDDevice {
+func deviceState(t testing.TB, path string) snapshot.NBDDevice {
 	t.Helper()
 	devs, err := snapshot.NBDStatus()
 	if err != nil {
@@ -277,7 +277,7 @@ func waitFor(d time.Duration, cond func() bool) bool {
 }
 
 // report logs a figure for test/vm's summary.
-func report(t *testing.T, format string, args ...any) {
+func report(t testing.TB, format string, args ...any) {
 	t.Helper()
 	t.Logf("REPORT "+format, args...)
 }
