@@ -76,6 +76,9 @@ var (
 	// ErrDeviceDead: the device failed reads while no agent served it (its
 	// dead-connection timeout passed); it is replaced rather than adopted.
 	ErrDeviceDead = errors.New("device failed reads while no agent served it")
+	// ErrAttacherClosed: the kernel attacher was closed; it serves no new
+	// device.
+	ErrAttacherClosed = errors.New("attacher closed")
 )
 
 // SelectAttacher returns the first of candidates (in order of preference)

@@ -209,6 +209,9 @@ func seconds(d time.Duration) uint64 {
 // Attach connects a new read-only /dev/nbdN to exp, served by the
 // attacher's ExportServer under exp.Name (exp.Socket is not used).
 func (a *KernelAttacher) Attach(ctx context.Context, exp Export) (_ *Device, err error) {
+	if a.ctx.Err() != nil {
+		return nil, fmt.Errorf("attach %s: %w", exp.Name, ErrAttacherClosed)
+	}
 	n, err := a.netlink()
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", exp.Name, err)
@@ -518,6 +521,9 @@ func (a *KernelAttacher) Adopt(ctx context.Context, dev *Device, exp Export) err
 	if a.device(st.ID) != nil {
 		// Served by this process already.
 		return nil
+	}
+	if a.ctx.Err() != nil {
+		return fmt.Errorf("adopt %s: %w", st.path(), ErrAttacherClosed)
 	}
 	return a.adopt(ctx, n, st)
 }

@@ -91,6 +91,10 @@ func TestKernelAttacherWithoutModule(t *testing.T) {
 	if _, err := a.Attach(ctx, Export{Name: "img"}); !errors.Is(err, ErrNoNBDFamily) || !strings.Contains(err.Error(), "img") {
 		t.Errorf("Attach without the module: %v", err)
 	}
+	a.Close()
+	if _, err := a.Attach(ctx, Export{Name: "img"}); !errors.Is(err, ErrAttacherClosed) {
+		t.Errorf("Attach after Close: %v", err)
+	}
 }
 
 func TestKernelAttacherLoadsModule(t *testing.T) {

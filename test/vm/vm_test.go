@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -82,6 +83,38 @@ func listTests(t testing.TB, bin, pattern string) []string {
 		}
 	}
 	return names
+}
+
+// keepEnv, set to 1, keeps each boot's directory (console.log, output.log,
+// the archives) and logs where it is.
+const keepEnv = "SLUICE_VM_KEEP"
+
+// workDir is a directory for one boot's files, removed at the end unless
+// $SLUICE_VM_KEEP is 1.
+func workDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sluice-vm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv(keepEnv) == "1" {
+		t.Logf("boot files kept in %s", dir)
+	} else {
+		t.Cleanup(func() { os.RemoveAll(dir) })
+	}
+	return dir
+}
+
+// boot runs m; if the guest's kernel locked up, which emulation on a
+// loaded host does now and then, it says so and boots once more.
+func boot(t testing.TB, ctx context.Context, m qemuvm.Machine, timeout time.Duration) (*qemuvm.Boot, error) {
+	t.Helper()
+	b, err := m.Run(ctx, timeout)
+	if errors.Is(err, qemuvm.ErrLockup) {
+		t.Logf("booting again: %v; console:\n%s", err, tail(b.Console, 15))
+		b, err = m.Run(ctx, timeout)
+	}
+	return b, err
 }
 
 // testContext is bounded by the test's deadline, less a minute to report.
@@ -206,7 +239,7 @@ func (g guest) boot(t testing.TB, ctx context.Context, k qemuvm.Kernel, cache st
 	}
 	t.Logf("guest archives %v (%v)", initrd, time.Since(start).Round(time.Millisecond))
 
-	work := t.TempDir()
+	work := workDir(t)
 	bin := filepath.Join(work, "bin")
 	buildStatic(t, ctx, bin, g.bins...)
 	run := qemuvm.NewArchive()
@@ -225,7 +258,7 @@ func (g guest) boot(t testing.TB, ctx context.Context, k qemuvm.Kernel, cache st
 	// 4 CPUs: the block layer gives a device at most one hardware queue
 	// (and so one NBD connection in use) per CPU.
 	m := qemuvm.Machine{Kernel: k, Initrd: append(initrd, runFile), CPUs: 4, MemoryMiB: 3072, Dir: work}
-	b, err := m.Run(ctx, 40*time.Minute)
+	b, err := boot(t, ctx, m, 40*time.Minute)
 	if err != nil {
 		t.Error(err)
 	}

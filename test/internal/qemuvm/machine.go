@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -78,6 +79,10 @@ func (m Machine) Run(ctx context.Context, timeout time.Duration) (*Boot, error) 
 		}
 		args = append(args, "-drive", drive)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lockup := make(chan string, 1)
+	go watchLockups(ctx, console, cancel, lockup)
 	cmd := exec.CommandContext(ctx, "timeout", args...)
 	log, err := os.Create(filepath.Join(m.Dir, "qemu.log"))
 	if err != nil {
@@ -92,6 +97,11 @@ func (m Machine) Run(ctx context.Context, timeout time.Duration) (*Boot, error) 
 	out, _ := os.ReadFile(output)
 	con, _ := os.ReadFile(console)
 	b.Output, b.Console = string(out), string(con)
+	select {
+	case line := <-lockup:
+		return b, fmt.Errorf("%w: %s", ErrLockup, line)
+	default:
+	}
 	if runErr != nil {
 		qlog, _ := os.ReadFile(log.Name())
 		var exit *exec.ExitError
@@ -122,4 +132,49 @@ func concat(dst string, parts []string) error {
 		}
 	}
 	return out.Close()
+}
+
+// ErrLockup: the guest's kernel reported a CPU stuck for LockupLimit or
+// longer, and the machine was stopped. Under emulation on a loaded host
+// this happens now and then with no fault of the guest's software (every
+// vCPU spins waiting for another, e.g. on a cross-CPU call); tests may boot
+// again once.
+var ErrLockup = errors.New("guest kernel soft lockup")
+
+// LockupLimit is how long a CPU may stay stuck before the machine is
+// stopped.
+const LockupLimit = 120 * time.Second
+
+var softLockup = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s!.*`)
+
+// watchLockups watches the console for soft lockups of LockupLimit or
+// longer, and stops the machine (stop) on one, sending the line.
+func watchLockups(ctx context.Context, console string, stop context.CancelFunc, found chan<- string) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+		b, err := os.ReadFile(console)
+		if err != nil {
+			continue
+		}
+		if line, ok := lockedUp(b); ok {
+			found <- line
+			stop()
+			return
+		}
+	}
+}
+
+// lockedUp returns the first line of a console log reporting a CPU stuck
+// for LockupLimit or longer.
+func lockedUp(console []byte) (string, bool) {
+	for _, m := range softLockup.FindAllSubmatch(console, -1) {
+		if secs, _ := strconv.Atoi(string(m[1])); time.Duration(secs)*time.Second >= LockupLimit {
+			return string(m[0]), true
+		}
+	}
+	return "", false
 }

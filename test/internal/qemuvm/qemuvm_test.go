@@ -100,3 +100,14 @@ func TestModuleDeps(t *testing.T) {
 		t.Error("an unknown module was found")
 	}
 }
+
+func TestLockedUp(t *testing.T) {
+	short := "[ 50.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [runc:247]\n"
+	long := "[ 297.0] watchdog: BUG: soft lockup - CPU#3 stuck for 223s! [exe:253]\n"
+	if _, ok := lockedUp([]byte("boot\n" + short)); ok {
+		t.Error("a 23 s lockup stops the machine")
+	}
+	if line, ok := lockedUp([]byte(short + long)); !ok || !strings.Contains(line, "CPU#3 stuck for 223s") {
+		t.Errorf("a 223 s lockup: %q, %v", line, ok)
+	}
+}
