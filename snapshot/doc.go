@@ -94,7 +94,8 @@
 // agent is away; see KernelAttacher and PortableAttacher.
 //
 // Files: attach.go (Attacher, Export, Device, SelectAttacher),
-// attach_select.go (NewAttacher), attach_kernel.go (KernelAttacher),
+// attach_select.go (NewAttacher), attach_kernel.go (KernelAttacher,
+// Attach), attach_kernel_devices.go (Detach, Devices, Adopt, STATUS),
 // attach_kernel_serve.go (its sockets), attach_kernel_netlink.go (the nbd
 // generic netlink interface), attach_kernel_module.go (Available, modprobe),
 // attach_portable.go (PortableAttacher) and attach_portable_proc.go (its

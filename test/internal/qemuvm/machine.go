@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -84,6 +85,12 @@ func (m Machine) Run(ctx context.Context, timeout time.Duration) (*Boot, error) 
 	lockup := make(chan string, 1)
 	go watchLockups(ctx, console, cancel, lockup)
 	cmd := exec.CommandContext(ctx, "timeout", args...)
+	// QEMU must not outlive the test, however the test ends: timeout(1)
+	// and QEMU get a process group of their own, which a cancel kills
+	// whole; and if this process dies first, timeout gets SIGTERM, which it
+	// passes on to QEMU.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	log, err := os.Create(filepath.Join(m.Dir, "qemu.log"))
 	if err != nil {
 		return nil, err

@@ -2,10 +2,15 @@ package qemuvm
 
 import (
 	"bytes"
+	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestArchive: cpio(1) reads the archive back.
@@ -110,4 +115,89 @@ func TestLockedUp(t *testing.T) {
 	if line, ok := lockedUp([]byte(short + long)); !ok || !strings.Contains(line, "CPU#3 stuck for 223s") {
 		t.Errorf("a 223 s lockup: %q, %v", line, ok)
 	}
+}
+
+// TestMachineDiesWithTheTest: QEMU does not outlive a test process that
+// dies (a test binary's -test.timeout panic ends it at once, cleanups
+// unrun): the child below boots a guest that never powers off and is
+// killed; its QEMU must go too.
+func TestMachineDiesWithTheTest(t *testing.T) {
+	if os.Getenv("QEMUVM_CHILD_DIR") != "" {
+		bootForever(t, os.Getenv("QEMUVM_CHILD_DIR"))
+		return
+	}
+	if _, err := QEMU(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := FindKernel(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestMachineDiesWithTheTest$")
+	cmd.Env = append(os.Environ(), "QEMUVM_CHILD_DIR="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(dir, "initrd.img")
+	for deadline := time.Now().Add(30 * time.Second); len(processesWith(initrd)) == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatal("the child's QEMU did not start in 30 s")
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		left := processesWith(initrd)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, pid := range left {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			t.Fatalf("QEMU (pids %v) outlived the killed test process", left)
+		}
+	}
+}
+
+// bootForever boots a guest whose init sleeps, until killed.
+func bootForever(t *testing.T, dir string) {
+	k, _ := FindKernel()
+	a := NewArchive()
+	if err := AddBusybox(a); err != nil {
+		t.Fatal(err)
+	}
+	a.Bytes("init", []byte("#!/bin/sh\nwhile true; do sleep 60; done\n"), 0o755)
+	p := filepath.Join(dir, "base.cpio")
+	if err := a.WriteFile(p); err != nil {
+		t.Fatal(err)
+	}
+	m := Machine{Kernel: k, Initrd: []string{p}, Dir: dir, MemoryMiB: 256, CPUs: 1}
+	m.Run(context.Background(), 10*time.Minute)
+}
+
+// processesWith returns the pids of processes with arg among their
+// arguments.
+func processesWith(arg string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		for _, a := range bytes.Split(b, []byte{0}) {
+			if string(a) == arg {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
 }
