@@ -76,6 +76,10 @@ bench: deps build ## run the benchmarks: bench/convert/run.sh, then bench/fio/ru
 	bench/convert/run.sh
 	bench/fio/run.sh
 
+.PHONY: bench-vm
+bench-vm: deps ## fio on /dev/nbdN (kernel attacher) vs a loop device, in a QEMU guest: bench/vm/run.sh (~6 min)
+	bench/vm/run.sh
+
 .PHONY: lint
 lint: ## gofmt -l must print nothing; go vet
 	@out="$$(gofmt -l .)"; \

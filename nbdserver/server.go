@@ -177,6 +177,18 @@ func (s *Server) Exports() []Export {
 	return list
 }
 
+// ExportSize returns the size in bytes of the named export ("" is the
+// default one), or an error wrapping ErrUnknownExport: what a client that
+// does not do the handshake (the kernel, through ServeTransmission) must
+// be told by the one who connects it.
+func (s *Server) ExportSize(name string) (int64, error) {
+	e, ok := s.export(name)
+	if !ok {
+		return 0, fmt.Errorf("nbdserver: export %q: %w", name, ErrUnknownExport)
+	}
+	return e.Backend.Size(), nil
+}
+
 // export finds an export by name; the empty name is the default export.
 func (s *Server) export(name string) (*export, bool) {
 	s.mu.RLock()

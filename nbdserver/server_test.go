@@ -69,6 +69,18 @@ func TestServeTransmissionSocketPair(t *testing.T) {
 	}
 }
 
+func TestExportSize(t *testing.T) {
+	s := newServer(t, []Export{{Name: "first", Backend: memBackend(make([]byte, 8192))}, {Name: "img", Backend: memBackend(make([]byte, 1<<20))}})
+	for name, want := range map[string]int64{"": 8192, "first": 8192, "img": 1 << 20} {
+		if got, err := s.ExportSize(name); err != nil || got != want {
+			t.Errorf("ExportSize(%q) = %d, %v; want %d", name, got, err, want)
+		}
+	}
+	if _, err := s.ExportSize("nope"); !errors.Is(err, ErrUnknownExport) {
+		t.Errorf("ExportSize of an unknown export: %v, want ErrUnknownExport", err)
+	}
+}
+
 func TestServeTransmissionStopsWithContext(t *testing.T) {
 	gate := make(chan struct{})
 	t.Cleanup(func() { close(gate) })

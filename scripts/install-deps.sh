@@ -42,6 +42,9 @@ apt_packages=(
 	runc
 	fuse3          # fusermount3 for nbdfuse (portable attach)
 	systemd        # systemd-analyze verify: the node's unit files (test/install)
+	qemu-system-x86   # test/vm: boots Debian's kernel (TCG) for the kernel nbd tests
+	linux-image-amd64 # test/vm: the guest kernel and its nbd module (lands in /boot; not booted here)
+	cpio           # test/internal/qemuvm checks its initramfs archives with it
 )
 
 # Go tools, as "name=module/path@version[ go-install-flags]" (name = the
@@ -123,9 +126,11 @@ fi
 
 # Commands the scripts call directly; a package can be installed yet broken.
 for cmd in mke2fs docker-registry skopeo umoci busybox debootstrap tar gzip \
-	/usr/bin/time fio nbdinfo nbdfuse nbdkit nbd-server qemu-nbd losetup jq curl systemd-analyze; do
+	/usr/bin/time fio nbdinfo nbdfuse nbdkit nbd-server qemu-nbd losetup jq curl systemd-analyze \
+	qemu-system-x86_64 cpio; do
 	command -v "$cmd" >/dev/null || die "command $cmd not found although its package is installed"
 done
+compgen -G "/boot/vmlinuz-*" >/dev/null || die "no /boot/vmlinuz-* although linux-image-amd64 is installed"
 
 if ((${#go_tools[@]})); then
 	command -v go >/dev/null || die "go not found (needed for Go tools)"

@@ -60,6 +60,27 @@ type Availability interface {
 // ErrNoAttacher is returned by SelectAttacher when none is usable.
 var ErrNoAttacher = errors.New("no usable device attacher")
 
+// Errors of the kernel attacher, tested with errors.Is.
+var (
+	// ErrNoNBDFamily: the kernel has no "nbd" generic netlink family (the
+	// nbd module is not loaded, or does not exist).
+	ErrNoNBDFamily = errors.New(`no "nbd" generic netlink family (kernel nbd driver not loaded)`)
+	// ErrNoPermission: the process lacks the privilege to attach devices.
+	ErrNoPermission = errors.New("permission denied")
+	// ErrDeviceBusy: the device is mounted, opened, or served by another
+	// process.
+	ErrDeviceBusy = errors.New("device busy")
+	// ErrDeviceGone: the device is no longer connected, or no longer the
+	// one this attacher made.
+	ErrDeviceGone = errors.New("device no longer connected")
+	// ErrDeviceDead: the device failed reads while no agent served it (its
+	// dead-connection timeout passed); it is replaced rather than adopted.
+	ErrDeviceDead = errors.New("device failed reads while no agent served it")
+	// ErrAttacherClosed: the kernel attacher was closed; it serves no new
+	// device.
+	ErrAttacherClosed = errors.New("attacher closed")
+)
+
 // SelectAttacher returns the first of candidates (in order of preference)
 // that is available, and one line saying why it was chosen, for the agent
 // to log: "kernel: ...; using portable". A candidate without the

@@ -16,20 +16,39 @@ import (
 	"github.com/sluice-project/sluice/test/testutil"
 )
 
+// exportServer serves an ext4 image as an export for the attacher suite;
+// Stop stands for the agent going away.
+type exportServer interface {
+	Export() Export
+	Stop()
+}
+
+// attacherKind is how the attacher suite runs one Attacher
+// implementation.
+type attacherKind struct {
+	// serve serves the ext4 image img as an export, on socket sock if it
+	// is not "" (the socket of an earlier server, after a restart).
+	serve func(t *testing.T, img, sock string) exportServer
+	// newAttacher returns an attacher keeping its state in stateDir,
+	// attaching the exports of srv. Two calls with the same directory
+	// stand for an agent and the same agent after a restart.
+	newAttacher func(t *testing.T, stateDir string, srv exportServer) Attacher
+	// free, if not nil, checks that a detached device is free again.
+	free func(t *testing.T, dev *Device)
+}
+
 // attacherSuite is the test every Attacher passes (the kernel attacher in
-// the kernel-NBD VM). newAttacher returns an attacher keeping its state in
-// stateDir; two calls with the same directory stand for an agent and the
-// same agent after a restart.
-func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string) Attacher) {
+// the kernel-NBD VM).
+func attacherSuite(t *testing.T, kind attacherKind) {
 	big := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB, read only after a restart
 	tree := map[string]string{"hello.txt": "hello\n", "etc/os-release": "ID=sluice\n", "later.bin": big}
 
 	t.Run("AttachMountReadDetach", func(t *testing.T) {
 		ctx := testContext(t)
 		dir := tempDir(t)
-		k := startNbdkit(t, buildExt4(t, tree))
-		a := newAttacher(t, filepath.Join(dir, "state"))
-		dev, err := a.Attach(ctx, k.export)
+		k := kind.serve(t, buildExt4(t, tree), "")
+		a := kind.newAttacher(t, filepath.Join(dir, "state"), k)
+		dev, err := a.Attach(ctx, k.Export())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,12 +61,17 @@ func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string)
 		}
 		if err := a.Detach(ctx, dev); err == nil {
 			t.Error("Detach of a mounted device succeeded")
+		} else if !strings.Contains(err.Error(), dev.Path) {
+			t.Errorf("Detach of a mounted device: %v (does not name %s)", err, dev.Path)
 		}
 		unmount(t, mnt)
 		if err := a.Detach(ctx, dev); err != nil {
 			t.Fatal(err)
 		}
 		assertNoLeaks(t, dir)
+		if kind.free != nil {
+			kind.free(t, dev)
+		}
 		if devs, err := a.Devices(ctx); err != nil || len(devs) != 0 {
 			t.Errorf("Devices after Detach = %v, %v", devs, err)
 		}
@@ -61,9 +85,9 @@ func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string)
 			ctx := testContext(t)
 			dir := tempDir(t)
 			img := buildExt4(t, tree)
-			k := startNbdkit(t, img)
-			a := newAttacher(t, filepath.Join(dir, "state"))
-			dev, err := a.Attach(ctx, k.export)
+			k := kind.serve(t, img, "")
+			a := kind.newAttacher(t, filepath.Join(dir, "state"), k)
+			dev, err := a.Attach(ctx, k.Export())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,7 +95,7 @@ func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string)
 			defer unix.Unmount(mnt, 0)
 			readFile(t, filepath.Join(mnt, "hello.txt"))
 
-			k.stop()
+			k.Stop()
 			// A container reads while the server is down: the read waits.
 			read := make(chan string, 1)
 			go func() {
@@ -83,13 +107,12 @@ func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string)
 				read <- string(b)
 			}()
 			time.Sleep(1500 * time.Millisecond)
-			var k2 *nbdkit
+			sock := ""
 			if sameSocket {
-				k2 = startNbdkitAt(t, img, k.export.Socket)
-			} else {
-				k2 = startNbdkit(t, img)
+				sock = k.Export().Socket
 			}
-			a2 := newAttacher(t, filepath.Join(dir, "state"))
+			k2 := kind.serve(t, img, sock)
+			a2 := kind.newAttacher(t, filepath.Join(dir, "state"), k2)
 			devs, err := a2.Devices(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -97,7 +120,7 @@ func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string)
 			if len(devs) != 1 || devs[0].Path != dev.Path || devs[0].ID != dev.ID {
 				t.Fatalf("Devices after restart = %+v, want the one at %s", devs, dev.Path)
 			}
-			if err := a2.Adopt(ctx, devs[0], k2.export); err != nil {
+			if err := a2.Adopt(ctx, devs[0], k2.Export()); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -119,14 +142,25 @@ func attacherSuite(t *testing.T, newAttacher func(t *testing.T, stateDir string)
 				t.Fatal(err)
 			}
 			assertNoLeaks(t, dir)
+			if kind.free != nil {
+				kind.free(t, dev)
+			}
 		})
 	}
 }
 
 func TestPortableAttacher(t *testing.T) {
 	testutil.RequirePortable(t, "mke2fs")
-	attacherSuite(t, func(t *testing.T, stateDir string) Attacher {
-		return NewPortableAttacher(stateDir)
+	attacherSuite(t, attacherKind{
+		serve: func(t *testing.T, img, sock string) exportServer {
+			if sock == "" {
+				return startNbdkit(t, img)
+			}
+			return startNbdkitAt(t, img, sock)
+		},
+		newAttacher: func(t *testing.T, stateDir string, _ exportServer) Attacher {
+			return NewPortableAttacher(stateDir)
+		},
 	})
 }
 

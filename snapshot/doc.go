@@ -10,7 +10,9 @@
 //     ext4 image read-only. A Source (implemented by the agent with
 //     blockcache/source and nbdserver) opens it for an image: a Stream.
 //   - device: a block device attached to an export by an Attacher (Device):
-//     the kernel NBD driver, or PortableAttacher's nbdfuse + loop device.
+//     KernelAttacher's /dev/nbdN (the kernel nbd driver, over generic
+//     netlink, its sockets served in-process by an ExportServer), or
+//     PortableAttacher's nbdfuse + loop device. NewAttacher chooses.
 //   - image mount: the ext4 filesystem of one device, mounted read-only at
 //     ROOT/images/KEY/mnt, where KEY is the stream's key (the artifact
 //     digest). There is one device and one image mount per image, however
@@ -82,12 +84,20 @@
 // mount claims is detached. Images whose mount is gone are mounted again on
 // first use.
 //
-// The portable attacher survives the agent's restart without any reads
-// failing: nbdfuse reaches the export through a relay (nbdkit's nbd plugin
-// behind its retry filter) that reconnects and retries while the agent is
-// away; see PortableAttacher.
+// Both attachers survive the agent's restart without any reads failing.
+// The kernel attacher's devices wait, up to their dead-connection timeout,
+// for the new agent to give them new sockets (RECONFIGURE); a device whose
+// reads already failed because the agent was away longer is not adopted
+// (ErrDeviceDead), so its image mount is replaced as above. The portable
+// attacher's nbdfuse reaches the export through a relay (nbdkit's nbd
+// plugin behind its retry filter) that reconnects and retries while the
+// agent is away; see KernelAttacher and PortableAttacher.
 //
 // Files: attach.go (Attacher, Export, Device, SelectAttacher),
+// attach_select.go (NewAttacher), attach_kernel.go (KernelAttacher,
+// Attach), attach_kernel_devices.go (Detach, Devices, Adopt, STATUS),
+// attach_kernel_serve.go (its sockets), attach_kernel_netlink.go (the nbd
+// generic netlink interface), attach_kernel_module.go (Available, modprobe),
 // attach_portable.go (PortableAttacher) and attach_portable_proc.go (its
 // processes), source.go (Source, Stream, ErrNotStreamable), policy.go,
 // snapshotter.go (New and the metadata-only methods), create.go (Prepare,

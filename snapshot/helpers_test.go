@@ -34,15 +34,16 @@ func tempDir(t *testing.T) string {
 	return dir
 }
 
-// buildExt4 makes an ext4 image holding the files of tree (path -> content;
-// a path ending in "/" is a directory).
+// buildExt4 makes an ext4 image with 4 KiB blocks (as the converter
+// writes, and as the kernel attacher's devices have) holding the files of
+// tree (path -> content; a path ending in "/" is a directory).
 func buildExt4(t *testing.T, tree map[string]string) string {
 	t.Helper()
 	dir := tempDir(t)
 	src := filepath.Join(dir, "src")
 	writeTree(t, src, tree)
 	img := filepath.Join(dir, "image.ext4")
-	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-d", src, img, "16M").CombinedOutput(); err != nil {
+	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", src, img, "16M").CombinedOutput(); err != nil {
 		t.Fatalf("mke2fs: %v: %s", err, out)
 	}
 	return img
@@ -105,6 +106,9 @@ func startNbdkitAt(t *testing.T, file, sock string) *nbdkit {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func (k *nbdkit) Export() Export { return k.export }
+func (k *nbdkit) Stop()          { k.stop() }
 
 func (k *nbdkit) stop() {
 	if k.cmd.ProcessState == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -316,9 +317,11 @@ func (s *Snapshotter) unusedDirectories(ctx context.Context) ([]string, error) {
 	return unused, nil
 }
 
-// Close closes the metadata store and the streams of image mounts. It
-// keeps devices and image mounts, so that running containers keep their
-// root filesystems and the next snapshotter on this root adopts them.
+// Close closes the metadata store, the streams of image mounts and the
+// attacher, if it is an io.Closer (the kernel attacher stops serving its
+// devices). It keeps devices and image mounts, so that running containers
+// keep their root filesystems and the next snapshotter on this root adopts
+// them.
 func (s *Snapshotter) Close() error {
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()
@@ -336,6 +339,9 @@ func (s *Snapshotter) Close() error {
 		}
 	}
 	s.imgMu.Unlock()
+	if c, ok := s.att.(io.Closer); ok {
+		errs = append(errs, c.Close())
+	}
 	errs = append(errs, s.ms.Close(), s.lock.Close())
 	return errors.Join(errs...)
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -89,7 +88,7 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	a.stopNBD = stopNBD
 	a.goServe("nbd", func() error { return a.nbd.Serve(nbdCtx, nl) })
 
-	att, err := selectAttacher(ctx, cfg)
+	att, err := selectAttacher(ctx, cfg, a.nbd)
 	if err != nil {
 		return nil, err
 	}
@@ -228,18 +227,12 @@ func (a *agent) close() error {
 }
 
 // selectAttacher picks how exports become block devices and logs why.
-func selectAttacher(ctx context.Context, cfg Config) (snapshot.Attacher, error) {
-	portable := snapshot.NewPortableAttacher(filepath.Join(cfg.Root, "devices"))
-	if cfg.Attacher == "kernel" {
-		return nil, errors.New(`attacher: "kernel" is not built yet (the kernel nbd attacher comes in a later release); use "auto" or "portable"`)
-	}
-	att, reason, err := snapshot.SelectAttacher(ctx, portable)
+func selectAttacher(ctx context.Context, cfg Config, srv snapshot.ExportServer) (snapshot.Attacher, error) {
+	att, reason, err := snapshot.NewAttacher(ctx, snapshot.AttacherConfig{
+		Mode: cfg.Attacher, StateDir: cfg.Root, Server: srv, Kernel: cfg.Kernel.options(),
+	})
 	if err != nil {
-		return nil, fmt.Errorf("attacher %q: %s: %w", cfg.Attacher, reason, err)
-	}
-	if cfg.Attacher == "auto" {
-		// The kernel attacher would come first; say why it did not.
-		reason = "kernel attacher not built in this release; " + strings.Replace(reason, "(first choice, available)", "(available)", 1)
+		return nil, err
 	}
 	zerolog.Ctx(ctx).Info().Str("attacher", att.Name()).Str("configured", cfg.Attacher).Msg(reason)
 	return att, nil

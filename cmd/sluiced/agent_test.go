@@ -225,8 +225,12 @@ func TestAgentHealthz(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz: %d", resp.StatusCode)
 	}
-	if !strings.Contains(a.logs.String(), "kernel attacher not built in this release; using portable attacher") {
-		t.Error("the attacher choice is not logged with its reason")
+	// Auto chooses the kernel attacher where the nbd driver works; where
+	// it does not (as on this project's CI hosts), portable, saying why.
+	logs := a.logs.String()
+	kernelUsable := strings.Contains(logs, "using kernel attacher")
+	if !kernelUsable && !(strings.Contains(logs, "kernel unavailable: ") && strings.Contains(logs, "using portable attacher")) {
+		t.Errorf("the attacher choice is not logged with its reason:\n%s", logs)
 	}
 	for _, p := range []string{a.cfg.Address, a.cfg.NBDSocket} {
 		fi, err := os.Stat(p)
@@ -234,8 +238,10 @@ func TestAgentHealthz(t *testing.T) {
 			t.Errorf("%s: %v, %v; want a socket readable by root only", p, fi.Mode(), err)
 		}
 	}
-	_, err = startTestAgent(t, tempDir(t), func(c *Config) { c.Attacher = "kernel" })
-	errorContains(t, "attacher kernel", err, `"kernel" is not built yet`)
+	if !kernelUsable {
+		_, err = startTestAgent(t, tempDir(t), func(c *Config) { c.Attacher = "kernel" })
+		errorContains(t, "attacher kernel", err, `attacher "kernel": kernel unavailable: `)
+	}
 }
 
 // TestAgentSockets: a socket a dead agent left is removed; a live agent's

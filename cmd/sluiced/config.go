@@ -33,7 +33,8 @@ type Config struct {
 	// normally, "require" fails the pull. Default "fallback".
 	Policy string `toml:"policy"`
 	// Attacher is "auto", "kernel" or "portable". Default "auto": the kernel
-	// nbd driver when it is there, nbdfuse + loop otherwise.
+	// nbd driver where it works (loading the nbd module if needed), nbdfuse
+	// + loop otherwise; the log says which and why.
 	Attacher string `toml:"attacher"`
 	// PlainHTTP lists registries reached over plain HTTP, e.g. ["127.0.0.1:5000"]. Default none.
 	PlainHTTP []string `toml:"plain_http"`
@@ -47,9 +48,10 @@ type Config struct {
 	// used before ~/.docker/config.json and credential helpers; read at
 	// each lookup, so it may appear or change later. "" turns it off.
 	// Default "/etc/sluice/credentials.json" (none while it does not exist).
-	CredentialsFile string      `toml:"credentials_file"`
-	Cache           CacheConfig `toml:"cache"`
-	Trust           TrustConfig `toml:"trust"`
+	CredentialsFile string       `toml:"credentials_file"`
+	Cache           CacheConfig  `toml:"cache"`
+	Kernel          KernelConfig `toml:"kernel"`
+	Trust           TrustConfig  `toml:"trust"`
 }
 
 // TrustConfig is the [trust] table: which artifacts may decide an image's
@@ -106,6 +108,7 @@ func defaultConfig() Config {
 			FetchConcurrency: blockcache.DefaultConcurrency,
 			MemoryCache:      cliutil.FormatSizeExact(blockcache.DefaultHotBytes),
 		},
+		Kernel: defaultKernelConfig(),
 	}
 }
 
@@ -192,7 +195,7 @@ func (c *Config) validate() error {
 	if c.Cache.FetchConcurrency < 1 || c.Cache.FetchConcurrency > 64 {
 		return fmt.Errorf("cache.fetch_concurrency: want 1 to 64, got %d", c.Cache.FetchConcurrency)
 	}
-	return nil
+	return c.Kernel.validate()
 }
 
 func (t *TrustConfig) validate() error {

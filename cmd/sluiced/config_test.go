@@ -59,6 +59,11 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"[trust]\npolicy = \"signed\"":         "trust.keys: trust.policy = \"signed\" needs",
 		"[trust]\nkeys = [\"/k.pub\"]":         "trust.keys: keys are used only under",
 		"[trust]\npolicy = \"signed\"\nkeys = [\"/nonexistent/ci.pub\"]": "trust.keys: open /nonexistent/ci.pub",
+		"[kernel]\nconnections = 9":                                      "kernel.connections:",
+		"[kernel]\ntimeout = \"500ms\"":                                  "kernel.timeout:",
+		"[kernel]\ndead_conn_timeout = \"x\"":                            "kernel.dead_conn_timeout:",
+		"[kernel]\nnbds_max = 0":                                         "kernel.nbds_max:",
+		"[kernel]\nsockets = 2":                                          "unknown field kernel.sockets",
 	} {
 		_, err := loadConfig(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {
