@@ -58,18 +58,9 @@ func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error
 	if err := artifact.ValidateChunkSize(o.chunkSize); err != nil {
 		return nil, err
 	}
-	ref, desc, err := o.resolve(ctx, image)
+	ref, targets, workDir, err := o.prepare(ctx, image, "sluice-convert-")
 	if err != nil {
 		return nil, err
-	}
-	targets, err := selectTargets(desc, o)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", image, err)
-	}
-
-	workDir, err := os.MkdirTemp(o.workDir, "sluice-convert-")
-	if err != nil {
-		return nil, fmt.Errorf("creating a work directory: %w", err)
 	}
 	defer os.RemoveAll(workDir)
 
@@ -107,6 +98,24 @@ func Convert(ctx context.Context, image string, opts ...Option) ([]Result, error
 		results[i].Summary.Elapsed += time.Since(start)
 	}
 	return results, nil
+}
+
+// prepare resolves image, picks the manifests to convert and makes a work
+// directory (named prefix...; the caller removes it).
+func (o *options) prepare(ctx context.Context, image, prefix string) (name.Reference, []target, string, error) {
+	ref, desc, err := o.resolve(ctx, image)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	targets, err := selectTargets(desc, o)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("%s: %w", image, err)
+	}
+	workDir, err := os.MkdirTemp(o.workDir, prefix)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("creating a work directory: %w", err)
+	}
+	return ref, targets, workDir, nil
 }
 
 type target struct {

@@ -37,17 +37,9 @@ func (v Verification) Match() bool { return v.Artifact == v.Rebuilt && v.Why == 
 // the registry holds none.
 func Verify(ctx context.Context, image string, opts ...Option) ([]Verification, error) {
 	o := newOptions(opts)
-	ref, desc, err := o.resolve(ctx, image)
+	ref, targets, workDir, err := o.prepare(ctx, image, "sluice-verify-")
 	if err != nil {
 		return nil, err
-	}
-	targets, err := selectTargets(desc, o)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", image, err)
-	}
-	workDir, err := os.MkdirTemp(o.workDir, "sluice-verify-")
-	if err != nil {
-		return nil, fmt.Errorf("creating a work directory: %w", err)
 	}
 	defer os.RemoveAll(workDir)
 	var out []Verification
