@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-project/sluice/imageconv/artifact"
+	"github.com/sluice-project/sluice/test/internal/proc"
 )
 
 // operatorConfig is sluiced's config as the node's operator provisions it
@@ -51,6 +53,7 @@ func TestNode(t *testing.T) {
 	if _, err := os.Stat("/sys/module/nbd"); err == nil {
 		t.Error("the nbd module is loaded before the install")
 	}
+	autoLoadsModule(t, dir)
 
 	reg, layers := startRegistry(t, imageV1, imageV2)
 	// Both images are converted now; app:v2 is pulled only after the
@@ -181,6 +184,51 @@ func TestNode(t *testing.T) {
 	if err := os.WriteFile(stateFile, []byte(bootID(t)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// autoLoadsModule: sluiced with attacher = "auto", where the nbd family is
+// missing but the module exists, loads it (modprobe, with max_part=0) and
+// picks the kernel attacher. That sluiced runs on state of its own, below
+// dir, and stops; the module is unloaded again, for the install to load.
+func autoLoadsModule(t *testing.T, dir string) {
+	t.Helper()
+	state := filepath.Join(dir, "auto")
+	config := filepath.Join(dir, "auto.toml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`attacher = "auto"
+root = %q
+address = %q
+nbd_socket = %q
+metrics_address = ""
+[cache]
+dir = %q
+`, filepath.Join(state, "root"), filepath.Join(state, "snapshotter.sock"), filepath.Join(state, "nbd.sock"), filepath.Join(state, "cache"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "auto.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(bundle("bin/sluiced"), "--config", config)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	p, err := proc.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); !strings.Contains(readFile(logPath), "sluiced ready"); time.Sleep(100 * time.Millisecond) {
+		if !p.Running() || time.Since(start) > 2*time.Minute {
+			p.Stop(20 * time.Second)
+			t.Fatalf("sluiced (attacher auto) not ready:\n%s", readFile(logPath))
+		}
+	}
+	if !p.Stop(30 * time.Second) {
+		t.Error("sluiced did not stop within 30 s of SIGTERM")
+	}
+	if log := readFile(logPath); !strings.Contains(log, "loaded the nbd module") || !strings.Contains(log, "max_part=0") || !strings.Contains(log, "using kernel attacher") {
+		t.Errorf("sluiced with attacher auto did not load the nbd module (max_part=0) and choose the kernel attacher:\n%s", log)
+	}
+	run(t, time.Minute, "modprobe", "-r", "nbd")
 }
 
 // bootID is the kernel's ID of this boot.
