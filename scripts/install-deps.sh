@@ -34,7 +34,7 @@ apt_packages=(
 	python3-libnbd # nbdsh (nbdserver tests)
 	nbdkit         # reference NBD server
 	nbd-server     # reference NBD server
-	qemu-utils     # qemu-nbd, qemu-io
+	qemu-utils     # qemu-nbd, qemu-io; qemu-img: test/vm's copy-on-write guest disks
 	util-linux     # losetup, mount
 	jq
 	curl
@@ -58,7 +58,7 @@ containerd2="github.com/containerd/containerd/v2/cmd"
 containerd2_version=v2.4.2
 containerd2_flags="-tags=no_btrfs,no_devmapper"
 go_tools=(
-	"crictl=sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0" # CRI client for test/agent and the demo
+	"crictl=sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0" # CRI client for test/agent, test/install, test/vm's node guest and the demo
 	"containerd2/containerd=$containerd2/containerd@$containerd2_version $containerd2_flags"
 	"containerd2/containerd-shim-runc-v2=$containerd2/containerd-shim-runc-v2@$containerd2_version $containerd2_flags"
 	"containerd2/ctr=$containerd2/ctr@$containerd2_version $containerd2_flags"
@@ -126,7 +126,7 @@ fi
 
 # Commands the scripts call directly; a package can be installed yet broken.
 for cmd in mke2fs docker-registry skopeo umoci busybox debootstrap tar gzip \
-	/usr/bin/time fio nbdinfo nbdfuse nbdkit nbd-server qemu-nbd losetup jq curl systemd-analyze \
+	/usr/bin/time fio nbdinfo nbdfuse nbdkit nbd-server qemu-nbd qemu-img losetup jq curl systemd-analyze \
 	qemu-system-x86_64 cpio; do
 	command -v "$cmd" >/dev/null || die "command $cmd not found although its package is installed"
 done

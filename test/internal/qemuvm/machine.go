@@ -23,7 +23,8 @@ type Machine struct {
 	Kernel Kernel
 	// Initrd are archives (files) concatenated into the initramfs.
 	Initrd []string
-	// Disks are virtio disks (raw images), /dev/vda, /dev/vdb, ...
+	// Disks are virtio disks, /dev/vda, /dev/vdb, ...: raw images, or
+	// qcow2 ones (named *.qcow2, such as an Overlay).
 	Disks []string
 	// Snapshot discards what the guest writes to its disks.
 	Snapshot  bool
@@ -74,7 +75,11 @@ func (m Machine) Run(ctx context.Context, timeout time.Duration) (*Boot, error) 
 		"-serial", "file:" + console, "-serial", "file:" + output,
 	}
 	for _, d := range m.Disks {
-		drive := "file=" + d + ",format=raw,if=virtio,cache=unsafe"
+		format := "raw"
+		if strings.HasSuffix(d, ".qcow2") {
+			format = "qcow2"
+		}
+		drive := "file=" + d + ",format=" + format + ",if=virtio,cache=unsafe"
 		if m.Snapshot {
 			drive += ",snapshot=on"
 		}

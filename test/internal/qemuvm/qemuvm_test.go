@@ -201,3 +201,69 @@ func processesWith(arg string) []int {
 	}
 	return pids
 }
+
+// TestOverlay: what is written to an overlay is read back from it, and
+// its base image stays as it was.
+func TestOverlay(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s (Debian package qemu-utils; scripts/install-deps.sh installs it): %v", tool, err)
+		}
+	}
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.img")
+	want := bytes.Repeat([]byte{0xab}, 1<<20)
+	if err := os.WriteFile(base, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Overlay(context.Background(), base, filepath.Join(dir, "disk.img")); err == nil {
+		t.Error("an overlay not named *.qcow2 was made")
+	}
+	disk := filepath.Join(dir, "disk.qcow2")
+	for range 2 { // a second call replaces the first overlay
+		if err := Overlay(context.Background(), base, disk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	io := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("qemu-io", append([]string{"-f", "qcow2"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-io %v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	io("-c", "write -P 0xcd 4096 4096", disk)
+	if out := io("-c", "read -P 0xcd 4096 4096", "-c", "read -P 0xab 0 4096", disk); strings.Contains(out, "fail") {
+		t.Errorf("reading the overlay back:\n%s", out)
+	}
+	if got, _ := os.ReadFile(base); !bytes.Equal(got, want) {
+		t.Error("writing to the overlay changed its base image")
+	}
+}
+
+// TestSystemdScripts: the scripts a systemd guest runs are valid shell,
+// mask what they are asked to, and end the boot as asked.
+func TestSystemdScripts(t *testing.T) {
+	init := string(SystemdInit("docker-registry.service"))
+	run := string(SystemdRunScript(map[string]string{"A": "it's"}, []Step{{Name: "one", Command: "true"}}, "reboot"))
+	for name, script := range map[string]string{"init": init, "run": run} {
+		if out, err := exec.Command("sh", "-n", "-c", script).CombinedOutput(); err != nil {
+			t.Errorf("%s script: sh -n: %v: %s\n%s", name, err, out, script)
+		}
+	}
+	for _, want := range []string{"ln -sfn /dev/null \"$units\"/'docker-registry.service'\n", "exec switch_root /newroot /lib/systemd/systemd\n",
+		"Wants=sluice-vm-run.service\n", "ExecStart=/bin/sh /vm/run.sh\n"} {
+		if !strings.Contains(init, want) {
+			t.Errorf("init script lacks %q:\n%s", want, init)
+		}
+	}
+	for _, want := range []string{"export A='it'\\''s'\n", "echo '@@BEGIN one'\n", "echo '@@BEGIN dmesg'\n", "start reboot.target || "} {
+		if !strings.Contains(run, want) {
+			t.Errorf("run script lacks %q:\n%s", want, run)
+		}
+	}
+	if !strings.HasSuffix(SystemdAppend, SystemdTarget) || !strings.Contains(init, "$units/"+SystemdTarget) {
+		t.Errorf("the kernel command line %q does not start the target the init script writes", SystemdAppend)
+	}
+}

@@ -80,3 +80,37 @@ func AddHostFile(a *Archive, p string) error {
 	a.File(p, p, 0o644)
 	return nil
 }
+
+// AddTree adds the files, directories and symbolic links below the host
+// directory src under dst, with their permissions.
+func AddTree(a *Archive, dst, src string) error {
+	return filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			a.Dir(to, uint32(info.Mode().Perm()))
+		case d.Type()&os.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			a.Symlink(to, target)
+		case d.Type().IsRegular():
+			a.File(to, p, uint32(info.Mode().Perm()))
+		default:
+			return fmt.Errorf("%s: not a file, directory or symbolic link", p)
+		}
+		return nil
+	})
+}
