@@ -64,6 +64,11 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent string, lab
 	return fmt.Errorf("target snapshot %q: %w", t.name, errdefs.ErrAlreadyExists)
 }
 
+// Retry forgets why image (a reference, as CRI's labels name it) could
+// not be streamed, so that its next pull tries it again at once: that
+// pull brings new credentials.
+func (s *Snapshotter) Retry(image string) { s.decisions.forget(image) }
+
 // notStreamed applies the policy to an image that cannot be streamed,
 // logging and counting it once per pull.
 func (s *Snapshotter) notStreamed(ctx context.Context, t unpackTarget, reason error) error {

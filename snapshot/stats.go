@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"maps"
+	"strings"
 	"sync"
 	"time"
 )
@@ -101,6 +102,17 @@ func (d *decisionCache) get(manifest string) error {
 		return nil
 	}
 	return dec.err
+}
+
+// forget drops what is remembered of image (a reference, any manifest).
+func (d *decisionCache) forget(image string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k := range d.m {
+		if k == image || strings.HasPrefix(k, image+"@") {
+			delete(d.m, k)
+		}
+	}
 }
 
 // put remembers err; first is false when a reason was already remembered.

@@ -16,7 +16,7 @@ func (s *Source) FetchLayer(ctx context.Context, image, layerDigest string) (io.
 		return nil, err
 	}
 	l, err := remote.Layer(ref.Context().Digest(layerDigest), remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(s.cfg.keychain), remote.WithUserAgent("sluice"))
+		remote.WithAuthFromKeychain(s.keychain(image)), remote.WithUserAgent("sluice"))
 	if err != nil {
 		return nil, fmt.Errorf("layer %s of %s: %w", layerDigest, image, err)
 	}

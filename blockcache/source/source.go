@@ -198,7 +198,7 @@ func (s *Source) Open(ctx context.Context, req Request) (*Handle, error) {
 // lookup asks the registry for req's artifact, or, if it cannot be
 // reached, takes the one saved; fresh says which.
 func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (art *artifact.Artifact, fresh bool, err error) {
-	opts := []artifact.Option{artifact.WithKeychain(s.cfg.keychain)}
+	opts := []artifact.Option{artifact.WithKeychain(s.keychain(req.Image))}
 	if s.plain(ref) {
 		opts = append(opts, artifact.WithPlainHTTP())
 	}
@@ -246,7 +246,7 @@ func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (a
 // openImage opens art on the store and exports it. Called with s.mu held.
 func (s *Source) openImage(ref name.Reference, req Request, exportName string, art *artifact.Artifact) (*shared, error) {
 	var fetchOpts []blockcache.FetchOption
-	fetchOpts = append(fetchOpts, blockcache.WithKeychain(s.cfg.keychain))
+	fetchOpts = append(fetchOpts, blockcache.WithKeychain(s.keychain(req.Image)))
 	if s.plain(ref) {
 		fetchOpts = append(fetchOpts, blockcache.WithPlainHTTP())
 	}
@@ -378,11 +378,33 @@ type options struct {
 	saveDir      string
 	verifier     artifact.Verifier
 	converter    ConvertRequester
+	pull         PullCredentials
 }
 
 // WithKeychain resolves registry credentials with k (default: the docker
 // config and its credential helpers; see Keychain).
 func WithKeychain(k authn.Keychain) Option { return func(c *options) { c.keychain = k } }
+
+// PullCredentials are the credentials that came with pulls of an image
+// (Kubernetes pull secrets, through package crikeychain).
+type PullCredentials interface {
+	// Keychain resolves the credentials of image's pulls; Anonymous
+	// where it has none.
+	Keychain(image string) authn.Keychain
+}
+
+// WithPullCredentials tries the credentials pulls of an image came with
+// (p) before WithKeychain's, for that image's lookups and fetches.
+func WithPullCredentials(p PullCredentials) Option { return func(c *options) { c.pull = p } }
+
+// keychain resolves credentials for image: those its pulls came with,
+// then the node's.
+func (s *Source) keychain(image string) authn.Keychain {
+	if s.cfg.pull == nil {
+		return s.cfg.keychain
+	}
+	return authn.NewMultiKeychain(s.cfg.pull.Keychain(image), s.cfg.keychain)
+}
 
 // WithPlainHTTP reaches these registries (host[:port]) over plain HTTP;
 // with none given, every registry.

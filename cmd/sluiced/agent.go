@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluice-project/sluice/blockcache"
 	"github.com/sluice-project/sluice/blockcache/source"
+	"github.com/sluice-project/sluice/blockcache/source/crikeychain"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
 	"github.com/sluice-project/sluice/imageconv/service/client"
 	"github.com/sluice-project/sluice/nbdserver"
@@ -26,15 +27,17 @@ import (
 // agent is a running sluiced: the chunk store, one NBD server for every
 // streamed image, the snapshotter served over gRPC, and /healthz + /metrics.
 type agent struct {
-	cfg   Config
-	log   zerolog.Logger
-	store *blockcache.Store
-	nbd   *nbdserver.Server
-	src   *source.Source
-	conv  *client.Client // nil without convert_service
-	sn    *snapshot.Snapshotter
-	rpc   *grpc.Server
-	web   *http.Server
+	cfg    Config
+	log    zerolog.Logger
+	store  *blockcache.Store
+	nbd    *nbdserver.Server
+	src    *source.Source
+	conv   *client.Client // nil without convert_service
+	sn     *snapshot.Snapshotter
+	rpc    *grpc.Server
+	web    *http.Server
+	cri    *crikeychain.Proxy // nil without cri_keychain.enable_keychain
+	criRPC *grpc.Server
 
 	metricsAddr string // where /metrics listens, once started
 
@@ -50,7 +53,7 @@ type agent struct {
 // what it started. ctx carries the logger and bounds the start only.
 func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	log := *zerolog.Ctx(ctx)
-	a := &agent{cfg: cfg, log: log, failed: make(chan error, 3)}
+	a := &agent{cfg: cfg, log: log, failed: make(chan error, 4)}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -127,6 +130,25 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		}
 		srcOpts = append(srcOpts, source.WithConvertRequests(a.conv))
 	}
+	var criListener net.Listener
+	if kc := cfg.CRIKeychain; kc.EnableKeychain {
+		if criListener, err = cliutil.ListenUnix(log, kc.Address, "sluiced"); err != nil {
+			return nil, fmt.Errorf("cri_keychain.address: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				criListener.Close()
+			}
+		}()
+		creds := crikeychain.NewStore()
+		// A pull with new credentials tries an image the snapshotter
+		// could not stream a moment ago again.
+		retry := crikeychain.OnCredentials(func(image string) { a.sn.Retry(image) })
+		if a.cri, err = crikeychain.NewProxy(ctx, creds, kc.ImageServicePath, retry); err != nil {
+			return nil, fmt.Errorf("cri_keychain.image_service_path: %w", err)
+		}
+		srcOpts = append(srcOpts, source.WithPullCredentials(creds))
+	}
 	a.src = source.New(ctx, a.store, cliutil.NBDExports{Server: a.nbd}, srcOpts...)
 
 	a.sn, err = snapshot.New(ctx, cfg.Root, streams{src: a.src, socket: cfg.NBDSocket}, att, snapshot.WithPolicy(policy))
@@ -139,6 +161,14 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	a.rpc = grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(a.rpc, snapshotservice.FromSnapshotter(a.sn))
 	a.goServe("snapshotter", func() error { return a.rpc.Serve(gl) })
+	if a.cri != nil {
+		// After the snapshotter: a pull it forwards may reach it at once.
+		a.criRPC = grpc.NewServer(crikeychain.ServerOptions()...)
+		a.cri.Register(a.criRPC)
+		a.goServe("cri_keychain", func() error { return a.criRPC.Serve(criListener) })
+		log.Info().Str("address", cfg.CRIKeychain.Address).Str("image_service_path", cfg.CRIKeychain.ImageServicePath).
+			Msg("CRI keychain: serving the CRI image service; kubelet's --image-service-endpoint must name this socket")
+	}
 
 	if cfg.MetricsAddress != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsAddress)
@@ -190,14 +220,15 @@ func (a *agent) wait(ctx context.Context) error {
 func (a *agent) close() error {
 	a.closeOnce.Do(func() {
 		var errs []error
-		if a.rpc != nil {
-			done := make(chan struct{})
-			go func() { a.rpc.GracefulStop(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				a.rpc.Stop()
+		// Pulls forwarded to containerd first: they may wait on the
+		// snapshotter.
+		for _, s := range []*grpc.Server{a.criRPC, a.rpc} {
+			if s != nil {
+				stopGracefully(s, 10*time.Second)
 			}
+		}
+		if a.cri != nil {
+			errs = append(errs, a.cri.Close())
 		}
 		if a.web != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -224,6 +255,18 @@ func (a *agent) close() error {
 		}
 	})
 	return a.closeErr
+}
+
+// stopGracefully lets a gRPC server's calls in flight finish for up to d,
+// then ends them.
+func stopGracefully(s *grpc.Server, d time.Duration) {
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		s.Stop()
+	}
 }
 
 // selectAttacher picks how exports become block devices and logs why.

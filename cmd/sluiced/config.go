@@ -48,10 +48,26 @@ type Config struct {
 	// used before ~/.docker/config.json and credential helpers; read at
 	// each lookup, so it may appear or change later. "" turns it off.
 	// Default "/etc/sluice/credentials.json" (none while it does not exist).
-	CredentialsFile string       `toml:"credentials_file"`
-	Cache           CacheConfig  `toml:"cache"`
-	Kernel          KernelConfig `toml:"kernel"`
-	Trust           TrustConfig  `toml:"trust"`
+	CredentialsFile string            `toml:"credentials_file"`
+	Cache           CacheConfig       `toml:"cache"`
+	Kernel          KernelConfig      `toml:"kernel"`
+	Trust           TrustConfig       `toml:"trust"`
+	CRIKeychain     CRIKeychainConfig `toml:"cri_keychain"`
+}
+
+// CRIKeychainConfig is the [cri_keychain] table: the CRI image service
+// proxy through which the credentials of kubelet's pulls (pull secrets)
+// reach sluiced (package crikeychain).
+type CRIKeychainConfig struct {
+	// EnableKeychain serves the proxy on Address; kubelet's
+	// --image-service-endpoint (or imageServiceEndpoint) must name it.
+	// Default false.
+	EnableKeychain bool `toml:"enable_keychain"`
+	// Address is the proxy's socket (root only). Default "/run/sluice/cri-image.sock".
+	Address string `toml:"address"`
+	// ImageServicePath is containerd's CRI socket, where every call is
+	// forwarded. Default "/run/containerd/containerd.sock".
+	ImageServicePath string `toml:"image_service_path"`
 }
 
 // TrustConfig is the [trust] table: which artifacts may decide an image's
@@ -100,6 +116,10 @@ func defaultConfig() Config {
 		Attacher:        "auto",
 		CredentialsFile: "/etc/sluice/credentials.json",
 		Trust:           TrustConfig{Policy: "any"},
+		CRIKeychain: CRIKeychainConfig{
+			Address:          "/run/sluice/cri-image.sock",
+			ImageServicePath: "/run/containerd/containerd.sock",
+		},
 		Cache: CacheConfig{
 			Dir:              blockcache.DefaultStoreDir,
 			Size:             cliutil.FormatSizeExact(blockcache.DefaultStoreSize),
@@ -142,7 +162,8 @@ func loadConfig(path string) (Config, error) {
 }
 
 func (c *Config) validate() error {
-	for field, p := range map[string]string{"root": c.Root, "address": c.Address, "nbd_socket": c.NBDSocket, "cache.dir": c.Cache.Dir} {
+	for field, p := range map[string]string{"root": c.Root, "address": c.Address, "nbd_socket": c.NBDSocket, "cache.dir": c.Cache.Dir,
+		"cri_keychain.address": c.CRIKeychain.Address, "cri_keychain.image_service_path": c.CRIKeychain.ImageServicePath} {
 		if p == "" || !filepath.IsAbs(p) {
 			return fmt.Errorf("%s: want an absolute path, got %q", field, p)
 		}
@@ -174,6 +195,12 @@ func (c *Config) validate() error {
 	for _, r := range c.PlainHTTP {
 		if r == "" || strings.Contains(r, "/") {
 			return fmt.Errorf("plain_http: %q is not a registry host[:port]", r)
+		}
+	}
+	if c.CRIKeychain.EnableKeychain {
+		switch c.CRIKeychain.Address {
+		case c.Address, c.NBDSocket, c.CRIKeychain.ImageServicePath:
+			return fmt.Errorf("cri_keychain.address: %q is another socket's (address, nbd_socket or cri_keychain.image_service_path)", c.CRIKeychain.Address)
 		}
 	}
 	if err := c.Trust.validate(); err != nil {

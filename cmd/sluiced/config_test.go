@@ -58,12 +58,16 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"[trust]\npolicy = \"maybe\"":          "trust.policy:",
 		"[trust]\npolicy = \"signed\"":         "trust.keys: trust.policy = \"signed\" needs",
 		"[trust]\nkeys = [\"/k.pub\"]":         "trust.keys: keys are used only under",
-		"[trust]\npolicy = \"signed\"\nkeys = [\"/nonexistent/ci.pub\"]": "trust.keys: open /nonexistent/ci.pub",
-		"[kernel]\nconnections = 9":                                      "kernel.connections:",
-		"[kernel]\ntimeout = \"500ms\"":                                  "kernel.timeout:",
-		"[kernel]\ndead_conn_timeout = \"x\"":                            "kernel.dead_conn_timeout:",
-		"[kernel]\nnbds_max = 0":                                         "kernel.nbds_max:",
-		"[kernel]\nsockets = 2":                                          "unknown field kernel.sockets",
+		"[trust]\npolicy = \"signed\"\nkeys = [\"/nonexistent/ci.pub\"]":             "trust.keys: open /nonexistent/ci.pub",
+		"[kernel]\nconnections = 9":                                                  "kernel.connections:",
+		"[kernel]\ntimeout = \"500ms\"":                                              "kernel.timeout:",
+		"[kernel]\ndead_conn_timeout = \"x\"":                                        "kernel.dead_conn_timeout:",
+		"[kernel]\nnbds_max = 0":                                                     "kernel.nbds_max:",
+		"[kernel]\nsockets = 2":                                                      "unknown field kernel.sockets",
+		"[cri_keychain]\naddress = \"cri.sock\"":                                     "cri_keychain.address:",
+		"[cri_keychain]\nimage_service_path = \"\"":                                  "cri_keychain.image_service_path:",
+		"[cri_keychain]\nenable_keychain = true\naddress = \"/run/sluice/nbd.sock\"": "cri_keychain.address: \"/run/sluice/nbd.sock\" is another socket's",
+		"[cri_keychain]\nenable = true":                                              "unknown field cri_keychain.enable",
 	} {
 		_, err := loadConfig(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {

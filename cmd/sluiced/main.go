@@ -70,8 +70,11 @@ ordinary way (policy = "fallback", logged and counted with the reason) or
 refused (policy = "require"). How devices are attached is chosen at start
 and logged (attacher = "auto").
 
-Registry credentials: credentials_file (docker config format), then the
-docker config (~/.docker/config.json) and its credential helpers.
+Registry credentials: those a pull came with (with cri_keychain: sluiced
+serves the CRI image service in front of containerd's, kubelet's
+--image-service-endpoint names it, and pull secrets reach sluiced), then
+credentials_file (docker config format), then the docker config
+(~/.docker/config.json) and its credential helpers.
 
 containerd's config (/etc/containerd/config.toml) names the socket:
 

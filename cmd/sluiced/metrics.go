@@ -49,6 +49,9 @@ func (a *agent) metricsHandler() http.Handler {
 	if a.conv != nil {
 		reg.MustRegister(a.conv.Collector())
 	}
+	if a.cri != nil {
+		reg.MustRegister(a.cri.Collector())
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/healthz", &a.health)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

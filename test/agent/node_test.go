@@ -44,6 +44,12 @@ type nodeOpts struct {
 	// trustKeys, if any, are the public key files of trust.policy =
 	// "signed".
 	trustKeys []string
+	// criKeychain serves sluiced's CRI image service proxy (in front of
+	// this node's containerd) at agentProc.criSocket.
+	criKeychain bool
+	// backgroundRate is sluiced's cache.background_rate; "" keeps its
+	// default.
+	backgroundRate string
 }
 
 // node is one machine's worth of daemons: sluiced and containerd, with all
@@ -308,6 +314,7 @@ type agentProc struct {
 	logPath     string
 	socket      string // snapshotter gRPC
 	nbd         string // NBD exports
+	criSocket   string // the CRI image service proxy, with nodeOpts.criKeychain
 	root        string
 	metricsAddr string // host:port
 }
@@ -338,6 +345,15 @@ func (n *node) agentConfig(policy string) (*agentProc, error) {
 		fmt.Fprintf(&b, "policy = %q\n", policy)
 	}
 	fmt.Fprintf(&b, "\n[cache]\ndir = %q\nsize = \"1GiB\"\n", filepath.Join(d, "cache"))
+	if n.opts.backgroundRate != "" {
+		fmt.Fprintf(&b, "background_rate = %q\n", n.opts.backgroundRate)
+	}
+	if n.opts.criKeychain {
+		// containerd's socket: containerdtest.Start puts it in its Dir.
+		a.criSocket = filepath.Join(d, "cri-image.sock")
+		fmt.Fprintf(&b, "\n[cri_keychain]\nenable_keychain = true\naddress = %q\nimage_service_path = %q\n",
+			a.criSocket, filepath.Join(n.dir, "containerd", "containerd.sock"))
+	}
 	if len(n.opts.trustKeys) > 0 {
 		fmt.Fprintf(&b, "\n[trust]\npolicy = \"signed\"\nkeys = [%s]\n", strings.Join(quoteAll(n.opts.trustKeys), ", "))
 	}

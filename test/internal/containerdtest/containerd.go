@@ -465,6 +465,13 @@ func (c *Containerd) Ctr(ctx context.Context, ns string, args ...string) ([]byte
 // Crictl runs crictl against this containerd's CRI plugin and returns its
 // standard output; the error includes its standard error.
 func (c *Containerd) Crictl(ctx context.Context, args ...string) ([]byte, error) {
+	return c.CrictlVia(ctx, c.Address, args...)
+}
+
+// CrictlVia is Crictl with the image service at the unix socket
+// imageService instead (kubelet's --image-service-endpoint), such as a
+// proxy in front of containerd's.
+func (c *Containerd) CrictlVia(ctx context.Context, imageService string, args ...string) ([]byte, error) {
 	bin, err := CrictlPath()
 	if err != nil {
 		return nil, err
@@ -477,7 +484,7 @@ func (c *Containerd) Crictl(ctx context.Context, args ...string) ([]byte, error)
 			return nil, err
 		}
 	}
-	return run(ctx, bin, append([]string{"--config", conf, "--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "2m"}, args...)...)
+	return run(ctx, bin, append([]string{"--config", conf, "--runtime-endpoint", ep, "--image-endpoint", "unix://" + imageService, "--timeout", "2m"}, args...)...)
 }
 
 // CrictlPath finds crictl: in the tools directory (see ToolsDir), where
