@@ -174,10 +174,9 @@ func (s *Store) put(ctx context.Context, d [32]byte, data []byte, hot bool) erro
 	s.highWater = max(s.highWater, s.used)
 	s.writing[d] = struct{}{}
 	dir, file := s.path(d)
-	mkdir := !s.dirs[dir]
 	s.mu.Unlock()
 
-	err := s.write(dir, file, data, mkdir)
+	err := s.write(dir, file, data)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -186,7 +185,6 @@ func (s *Store) put(ctx context.Context, d [32]byte, data []byte, hot bool) erro
 		s.used -= need
 		return fmt.Errorf("chunk sha256:%x: %w", d, err)
 	}
-	s.dirs[dir] = true
 	e := &entry{digest: d, size: need, verified: true}
 	e.elem = s.lru.PushFront(e)
 	s.entries[d] = e
@@ -194,12 +192,7 @@ func (s *Store) put(ctx context.Context, d [32]byte, data []byte, hot bool) erro
 }
 
 // write puts data in file through a temporary file in the same directory.
-func (s *Store) write(dir, file string, data []byte, mkdir bool) error {
-	if mkdir {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-	}
+func (s *Store) write(dir, file string, data []byte) error {
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	tmp := filepath.Join(dir, tmpPrefix+filepath.Base(file)[:16]+"-"+hex.EncodeToString(rnd[:]))

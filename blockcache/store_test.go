@@ -295,3 +295,81 @@ func TestStoreCrashMidWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreLayout: chunk files live in DIR/ab/abcd..., the 256 fan-out
+// directories made when the store opens, so storing a chunk makes no
+// directory; a cache of the earlier two-level layout (DIR/ab/cd/abcd...)
+// is moved into it whole on open, its temporary files dropped.
+func TestStoreLayout(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	// A cache as the two-level layout left it: 20 chunks, a temporary
+	// file of an interrupted write, and a chunk in the wrong directory.
+	var ds [20][32]byte
+	for i := range ds {
+		var b []byte
+		ds[i], b = chunkOf(uint64(100+i), 3000+i)
+		h := hex.EncodeToString(ds[i][:])
+		leaf := filepath.Join(dir, h[:2], h[2:4])
+		if err := os.MkdirAll(leaf, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(leaf, h), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			os.WriteFile(filepath.Join(leaf, tmpPrefix+h[:16]+"-1234"), b[:100], 0o600)
+		}
+	}
+	stray, sb := chunkOf(99, 2000)
+	sh := hex.EncodeToString(stray[:])
+	wrong := filepath.Join(dir, "00", "00")
+	if sh[:4] == "0000" {
+		wrong = filepath.Join(dir, "ff", "ff")
+	}
+	os.MkdirAll(wrong, 0o700)
+	os.WriteFile(filepath.Join(wrong, sh), sb, 0o600)
+
+	s := openStore(t, dir, 1<<20, WithHotBytes(0))
+	if st := s.Stats(); st.Chunks != len(ds) {
+		t.Errorf("%d chunks after opening the two-level layout, want %d", st.Chunks, len(ds))
+	}
+	for _, d := range ds {
+		if b, ok := s.Get(ctx, d); !ok || sha256.Sum256(b) != d {
+			t.Fatalf("chunk %x lost moving to one level", d[:4])
+		}
+	}
+	if _, ok := s.Get(ctx, stray); ok {
+		t.Error("a chunk file in a directory its digest does not name was kept")
+	}
+	dirs := func() (n int) {
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() && p != dir {
+				n++
+				if rel, _ := filepath.Rel(dir, p); len(rel) != 2 || !isHexByte(rel) {
+					t.Errorf("directory %s in the store", rel)
+				}
+			}
+			return err
+		})
+		return n
+	}
+	if n := dirs(); n != fanOut {
+		t.Errorf("%d directories in the store, want the %d fan-out directories", n, fanOut)
+	}
+	if _, files := diskUsage(t, dir); files != len(ds) {
+		t.Errorf("%d files in the store, want %d", files, len(ds))
+	}
+	for i := range 50 {
+		d, b := chunkOf(uint64(1000+i), 1000)
+		if err := s.Put(ctx, d, b); err != nil {
+			t.Fatal(err)
+		}
+		if _, file := s.path(d); filepath.Dir(filepath.Dir(file)) != dir {
+			t.Fatalf("chunk file %s is not one level below the store", file)
+		}
+	}
+	if n := dirs(); n != fanOut {
+		t.Errorf("storing chunks made directories: %d, want %d", n, fanOut)
+	}
+}

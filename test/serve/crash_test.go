@@ -164,7 +164,7 @@ func TestKill9DuringBackgroundFetch(t *testing.T) {
 func damageChunkFile(t *testing.T, cacheDir string, digest [32]byte) {
 	t.Helper()
 	h := hex.EncodeToString(digest[:])
-	p := filepath.Join(cacheDir, h[:2], h[2:4], h)
+	p := filepath.Join(cacheDir, h[:2], h) // blockcache.Store: DIR/ab/abcd...
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatalf("damaging a cached chunk: %v", err)
