@@ -1,0 +1,146 @@
+package blockcache
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
+	"github.com/sluice-project/sluice/test/testutil"
+)
+
+// nsRecorder notes the ns= query of the requests it passes on.
+type nsRecorder struct {
+	next http.Handler
+	mu   sync.Mutex
+	ns   map[string]bool
+}
+
+func (r *nsRecorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	if r.ns == nil {
+		r.ns = map[string]bool{}
+	}
+	r.ns[req.URL.Query().Get("ns")] = true
+	r.mu.Unlock()
+	r.next.ServeHTTP(w, req)
+}
+
+// closedPort returns a 127.0.0.1 address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// hostsFor writes a hosts.toml for the env's registry and returns its
+// hosts.
+func (e *env) hostsFor(t *testing.T, toml string) []registryhosts.Host {
+	t.Helper()
+	root := t.TempDir()
+	reg := e.art.Repo.Registry
+	dir := filepath.Join(root, strings.Replace(reg.RegistryStr(), ":", "_", 1)+"_")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hosts, err := registryhosts.New(root).Hosts(context.Background(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hosts
+}
+
+// Mirrors are asked in order; one that is down, one that answers 404 and
+// one that cuts its body short each pass the request on to the next host,
+// and no read fails. A host without the pull capability is never asked
+// for blobs.
+func TestMirrorFallback(t *testing.T) {
+	e := newEnv(t)
+	down := closedPort(t)
+	missing := testutil.Registry(t) // an empty registry: 404 for the blob
+	resolveOnly := &faultHandler{next: e.f.reg, blobPath: e.faults.blobPath}
+	good := &faultHandler{next: e.f.reg, blobPath: e.faults.blobPath}
+	goodNS := &nsRecorder{next: good}
+	hosts := e.hostsFor(t, `
+[host."http://`+testutil.Serve(t, resolveOnly)+`"]
+  capabilities = ["resolve"]
+[host."http://`+down+`"]
+  capabilities = ["pull", "resolve"]
+[host."http://`+missing+`"]
+  capabilities = ["pull", "resolve"]
+[host."http://`+testutil.Serve(t, goodNS)+`"]
+  capabilities = ["pull"]
+`)
+	im := e.open(WithFetchOptions(WithHosts(hosts)))
+	originGets := func() int { n, _ := e.faults.counts(); return n }
+	goodGets := func() int { n, _ := good.counts(); return n }
+
+	// The down mirror and the 404 fall through to the good mirror.
+	off, n := e.chunkRange(e.f.storedChunk(t, 0))
+	e.read(im, off, n)
+	s := im.Stats().Fetcher
+	if s.MirrorAnswers != 1 || s.MirrorFallbacks != 2 || goodGets() != 1 || originGets() != 0 {
+		t.Fatalf("first read: %d mirror answers, %d fallbacks, %d GETs at the good mirror, %d at the origin; want 1, 2, 1, 0",
+			s.MirrorAnswers, s.MirrorFallbacks, goodGets(), originGets())
+	}
+	if !goodNS.ns[e.art.Repo.RegistryStr()] {
+		t.Errorf("the mirror's requests carried ns=%v, want the registry's name %s", goodNS.ns, e.art.Repo.RegistryStr())
+	}
+
+	// The down mirror is skipped for a while; the 404 one is asked again.
+	off, n = e.chunkRange(e.f.storedChunk(t, 1))
+	e.read(im, off, n)
+	if s := im.Stats().Fetcher; s.MirrorAnswers != 2 || s.MirrorFallbacks != 3 {
+		t.Fatalf("second read: %d mirror answers, %d fallbacks; want 2, 3", s.MirrorAnswers, s.MirrorFallbacks)
+	}
+
+	// A short body from the good mirror: the rest comes from the origin.
+	good.set(func(h *faultHandler) { h.truncate = 1 })
+	off, n = e.chunkRange(e.f.storedChunk(t, 2))
+	e.read(im, off, n)
+	if originGets() != 1 {
+		t.Fatalf("after a mirror cut its body short: %d GETs at the origin, want 1", originGets())
+	}
+
+	// Every mirror that can pull now fails (the good one cools down after
+	// its short body): the origin answers.
+	off, n = e.chunkRange(e.f.storedChunk(t, 3))
+	e.read(im, off, n)
+	if originGets() != 2 {
+		t.Fatalf("with no mirror left: %d GETs at the origin, want 2", originGets())
+	}
+	if n, _ := resolveOnly.counts(); n != 0 {
+		t.Errorf("a host without the pull capability was asked for the blob %d times", n)
+	}
+	if s := im.Stats(); s.ReadErrors != 0 {
+		t.Errorf("%d read errors", s.ReadErrors)
+	}
+}
+
+// Without hosts (no hosts.toml for the registry), the fetcher asks the
+// registry alone, as before.
+func TestNoHostsAsksTheRegistry(t *testing.T) {
+	e := newEnv(t)
+	im := e.open(WithFetchOptions(WithHosts(nil)))
+	off, n := e.chunkRange(e.f.storedChunk(t, 0))
+	e.read(im, off, n)
+	if gets, _ := e.faults.counts(); gets != 1 {
+		t.Fatalf("%d GETs at the registry, want 1", gets)
+	}
+	if s := im.Stats().Fetcher; s.MirrorAnswers != 0 || s.MirrorFallbacks != 0 {
+		t.Errorf("mirror counters without mirrors: %+v", s)
+	}
+}
