@@ -1,0 +1,216 @@
+package agent
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-project/sluice/test/internal/debregistry"
+)
+
+// writeHostsDir writes a containerd config_path with one hosts.toml, for
+// registry (host:port), and returns the config_path.
+func writeHostsDir(t *testing.T, registry, content string) string {
+	t.Helper()
+	root := t.TempDir()
+	dir := filepath.Join(root, strings.Replace(registry, ":", "_", 1)+"_")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// blobTraffic sums an access log's GETs of some blobs: requests and bytes
+// by digest, for the clients whose User-Agent from accepts.
+type blobTraffic struct {
+	gets   map[string]int
+	bytes  map[string]int64
+	status map[int]int
+}
+
+func trafficOf(reqs []debregistry.Request, blobs map[string]bool, from func(ua string) bool) blobTraffic {
+	tr := blobTraffic{gets: map[string]int{}, bytes: map[string]int64{}, status: map[int]int{}}
+	for _, q := range reqs {
+		_, d := q.Blob()
+		if q.Method != http.MethodGet || !blobs[d] || !from(q.UserAgent) {
+			continue
+		}
+		tr.gets[d]++
+		tr.bytes[d] += q.Bytes
+		tr.status[q.Status]++
+	}
+	return tr
+}
+
+func (tr blobTraffic) total() (gets int, bytes int64) {
+	for d, n := range tr.gets {
+		gets += n
+		bytes += tr.bytes[d]
+	}
+	return gets, bytes
+}
+
+// settle waits until the registry's access log has had no new line for
+// 2 s (at most 1 min).
+func (e *env) settle(t *testing.T) {
+	t.Helper()
+	last, quiet := -1, 0
+	if err := waitFor(time.Minute, func() bool {
+		n := e.mark(t)
+		if n == last {
+			quiet++
+		} else {
+			last, quiet = n, 0
+		}
+		return quiet >= 10 // 10 polls of 200 ms
+	}); err != nil {
+		t.Fatalf("the registry kept answering requests for a minute")
+	}
+}
+
+func isSluice(ua string) bool { return strings.HasPrefix(ua, "sluice") }
+
+// The cache's own requests to its upstream carry Go's default User-Agent.
+func isCache(ua string) bool { return strings.HasPrefix(ua, "Go-http-client") }
+
+// TestMirrorPullThroughCache: two nodes (each its own sluiced, cache dir
+// and sockets, and containerd) whose hosts.toml puts Debian's
+// docker-registry as a pull-through cache in front of the origin stream
+// the same image and read every file of it. Every chunk and index fetch
+// goes to the cache, none straight to the origin; the origin sends each of
+// the artifact's blobs to the cache in one fill (distribution 2.8 fetches
+// a blob it lacks twice, a copy for the client and one for its store: see
+// debregistry.TestProxy), and the second node costs the origin nothing.
+func TestMirrorPullThroughCache(t *testing.T) {
+	e := getEnv(t)
+	cache := startRegistry(t, t.TempDir(), debregistry.WithAccessLog(), debregistry.WithProxy("http://"+e.registry.Addr))
+	hosts := writeHostsDir(t, e.registry.Addr, `
+[host."http://`+cache.Addr+`"]
+  capabilities = ["pull", "resolve"]
+`)
+	a := e.images[repoA]
+	anyUA := func(string) bool { return true }
+	originMark := e.mark(t)
+	var phases []blobTraffic // the origin's artifact blob traffic during each node's run
+	for i := range 2 {
+		mark := e.mark(t)
+		n := newNode(t, e, nodeOpts{noSandbox: true, hostsDir: hosts, backgroundRate: "0"})
+		if out, err := n.sluicePull("default", a.ref); err != nil {
+			t.Fatalf("node %d: sluice pull: %v\n%s", i+1, err, out)
+		}
+		e.checkNoLayerDownloads(t, mark, a, "sluice pull through the cache")
+		l, err := parseListing(n.ctrRun("default", a.ref, "mirror-list", "/bin/sh", "-c", listScript))
+		if err != nil {
+			t.Fatalf("node %d: %v", i+1, err)
+		}
+		if d := a.listing.diff(l, 30); len(d) > 0 {
+			t.Errorf("node %d: root filesystem differs from the reference:\n%s", i+1, strings.Join(d, "\n"))
+		}
+		answered, passed := n.labelled(`sluice_mirror_requests_total{result="answered"}`), n.labelled(`sluice_mirror_requests_total{result="passed_on"}`)
+		if answered == 0 || passed != 0 || n.metric("sluice_read_errors_total") != 0 {
+			t.Errorf("node %d: the cache answered %v range requests and passed %v on, %v read errors; want some, none, none",
+				i+1, answered, passed, n.metric("sluice_read_errors_total"))
+		}
+		t.Logf("node %d: %v range requests answered by the cache, %v bytes fetched", i+1, answered, n.metric("sluice_fetched_bytes_total"))
+		// The cache stores what it fetched in the background: let its
+		// GETs to the origin end before this node's run is counted.
+		e.settle(t)
+		reqs, err := e.registry.Requests(mark)
+		if err != nil {
+			t.Fatal(err)
+		}
+		phases = append(phases, trafficOf(reqs, e.artifactBlobs, anyUA))
+	}
+
+	reqs, err := e.registry.Requests(originMark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if direct := trafficOf(reqs, e.artifactBlobs, isSluice); len(direct.gets) > 0 {
+		t.Errorf("the nodes fetched artifact blobs from the origin, not the cache: %v", direct.gets)
+	}
+	fills := trafficOf(reqs, e.artifactBlobs, isCache)
+	for d, n := range fills.gets {
+		// One fill: the store's copy, and the first client's (whole, or
+		// cut short when the node hung up).
+		if n > 2 {
+			t.Errorf("the origin sent blob %s to the cache %d times (%d bytes), want one fill (at most 2 GETs)", d, n, fills.bytes[d])
+		}
+	}
+	if gets, _ := phases[1].total(); gets != 0 {
+		t.Errorf("the second node cost the origin %d GETs of artifact blobs (%v), want none: the cache holds them", gets, phases[1].gets)
+	}
+	served, err := cache.Requests(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byNodes := trafficOf(served, e.artifactBlobs, isSluice)
+	if len(byNodes.gets) == 0 {
+		t.Fatal("the cache served no artifact blob to the nodes")
+	}
+	originGets, originBytes := fills.total()
+	nodeGets, nodeBytes := byNodes.total()
+	t.Logf("origin: %d GETs of artifact blobs, %d bytes, all to the cache (%v); cache: %d GETs, %d bytes to the nodes (statuses %v)",
+		originGets, originBytes, fills.gets, nodeGets, nodeBytes, byNodes.status)
+}
+
+// TestMirrorDownOr404: a mirror that is down (a closed port) and one that
+// answers 404 (a registry without the image) pass every request on to the
+// origin: the image streams, every file reads back right, no read fails.
+func TestMirrorDownOr404(t *testing.T) {
+	e := getEnv(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := l.Addr().String()
+	l.Close()
+	empty := startRegistry(t, t.TempDir(), debregistry.WithAccessLog())
+	hosts := writeHostsDir(t, e.registry.Addr, `
+[host."http://`+down+`"]
+  capabilities = ["pull", "resolve"]
+[host."http://`+empty.Addr+`"]
+  capabilities = ["pull", "resolve"]
+`)
+	a := e.images[repoA]
+	mark := e.mark(t)
+	n := newNode(t, e, nodeOpts{noSandbox: true, hostsDir: hosts, backgroundRate: "0"})
+	if out, err := n.sluicePull("default", a.ref); err != nil {
+		t.Fatalf("sluice pull: %v\n%s", err, out)
+	}
+	e.checkNoLayerDownloads(t, mark, a, "sluice pull past failing mirrors")
+	list, err := parseListing(n.ctrRun("default", a.ref, "mirror-down-list", "/bin/sh", "-c", listScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := a.listing.diff(list, 30); len(d) > 0 {
+		t.Errorf("root filesystem differs from the reference:\n%s", strings.Join(d, "\n"))
+	}
+	if v := n.metric("sluice_read_errors_total"); v != 0 {
+		t.Errorf("%v read errors", v)
+	}
+	if answered, passed := n.labelled(`sluice_mirror_requests_total{result="answered"}`), n.labelled(`sluice_mirror_requests_total{result="passed_on"}`); answered != 0 || passed == 0 {
+		t.Errorf("mirrors answered %v range requests and passed %v on; want none and some", answered, passed)
+	}
+	asked, err := empty.Requests(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := trafficOf(asked, e.artifactBlobs, isSluice); tr.status[http.StatusNotFound] == 0 || len(tr.status) != 1 {
+		t.Errorf("the 404 mirror's answers to the node's blob GETs: %v, want only 404s", tr.status)
+	}
+	reqs, err := e.registry.Requests(mark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := trafficOf(reqs, e.artifactBlobs, isSluice); len(tr.gets) == 0 {
+		t.Error("the origin served no artifact blob to the node")
+	}
+}
