@@ -49,8 +49,8 @@ refused, with the line and column.
 
 --trust-key (repeatable) edits sluiced's config (--config) too: [trust]
 policy = "signed", and keys lists each key file. When containerd's CRI
-sets a registry config_path (hosts.toml mirrors) and sluiced's --config
-exists, its [registry] config_path is set to the same, so that chunks are
+sets a registry config_path (hosts.toml mirrors) and --config names an
+existing sluiced config, its [registry] config_path is set to the same, so that chunks are
 fetched through the mirrors containerd pulls through.
 
 Each change is printed as a unified diff; --dry-run prints it and writes
@@ -113,7 +113,7 @@ func runInstallConfig(stdout, stderr io.Writer, f *flags, in *installFlags) erro
 			return err
 		}
 		changes = append(changes, c)
-		if _, serr := os.Stat(f.config); serr == nil && !in.uninstall {
+		if _, serr := os.Stat(f.config); serr == nil && f.configSet && !in.uninstall {
 			// sluiced fetches through the mirrors containerd pulls through.
 			rc, err := nodeconfig.InstallRegistryConfigPath(f.config, in.containerdConfig, checkConfig, in.dryRun)
 			if err != nil {
