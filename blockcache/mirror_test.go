@@ -8,7 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/sluice-project/sluice/blockcache/registryhosts"
 	"github.com/sluice-project/sluice/test/testutil"
@@ -142,5 +145,39 @@ func TestNoHostsAsksTheRegistry(t *testing.T) {
 	}
 	if s := im.Stats().Fetcher; s.MirrorAnswers != 0 || s.MirrorFallbacks != 0 {
 		t.Errorf("mirror counters without mirrors: %+v", s)
+	}
+}
+
+// registryOnly hands out credentials for one registry only.
+type registryOnly struct {
+	registry string
+	auth     authn.Authenticator
+}
+
+func (k registryOnly) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	if r.RegistryStr() == k.registry {
+		return k.auth, nil
+	}
+	return authn.Anonymous, nil
+}
+
+// A mirror gets the credentials resolved for its own host, never the
+// registry's.
+func TestMirrorGetsNoRegistryCredentials(t *testing.T) {
+	e := newEnv(t)
+	var sawAuth atomic.Bool
+	mirror := testutil.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			sawAuth.Store(true)
+		}
+		e.f.reg.ServeHTTP(w, r)
+	}))
+	hosts := e.hostsFor(t, `[host."http://`+mirror+`"]`+"\n")
+	kc := registryOnly{registry: e.art.Repo.RegistryStr(), auth: &authn.Basic{Username: "user", Password: "pass"}}
+	im := e.open(WithFetchOptions(WithHosts(hosts), WithKeychain(kc)))
+	off, n := e.chunkRange(e.f.storedChunk(t, 0))
+	e.read(im, off, n)
+	if s := im.Stats().Fetcher; s.MirrorAnswers != 1 || sawAuth.Load() {
+		t.Errorf("mirror answers %d, mirror saw credentials: %t; want 1, false", s.MirrorAnswers, sawAuth.Load())
 	}
 }
