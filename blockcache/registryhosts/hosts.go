@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,7 +14,9 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	dconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/errdefs"
+	clog "github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/sirupsen/logrus"
 )
 
 // Capabilities are what a host may be asked for.
@@ -85,6 +88,13 @@ func New(configPath string, opts ...Option) *Config {
 	return c
 }
 
+// quiet swallows containerd's loader's log lines.
+var quiet = func() *logrus.Entry {
+	l := logrus.New()
+	l.Out = io.Discard
+	return logrus.NewEntry(l)
+}()
+
 // ErrBadConfig is the error of a malformed hosts.toml or a host that
 // cannot be set up (an unreadable CA file).
 var ErrBadConfig = errors.New("bad registry host configuration")
@@ -118,7 +128,9 @@ func (c *Config) Hosts(ctx context.Context, reg name.Registry) ([]Host, error) {
 	if err := CheckFile(file); err != nil {
 		return nil, err
 	}
-	hosts, err := dconfig.ConfigureHosts(ctx, dconfig.HostOptions{
+	// containerd's loader logs through logrus (notes such as "host will
+	// try HTTPS first"): not into sluiced's JSON log.
+	hosts, err := dconfig.ConfigureHosts(clog.WithLogger(ctx, quiet), dconfig.HostOptions{
 		HostDir: func(string) (string, error) { return dir, nil },
 		UpdateClient: func(cl *http.Client) error {
 			if t, ok := cl.Transport.(*http.Transport); ok {
