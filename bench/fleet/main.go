@@ -6,7 +6,8 @@
 //	go run ./bench/fleet -trace trace.json -nodes 1000
 //
 // The trace (model.Trace as JSON) comes from a node measured alone:
-// TestPredictsEightNodes records one (FLEET_TRACE=FILE keeps it), and
+// test/fleet.TestPredictsEightNodes records one (FLEET_TRACE=FILE keeps
+// it), and
 // checks the model against eight real nodes behind one cache.
 package main
 
