@@ -60,6 +60,7 @@ type fetchConfig struct {
 	userAgent    string
 	maxConns     int
 	hosts        []registryhosts.Host
+	fillWait     time.Duration // see mirrorFillWait
 }
 
 // errStalled cancels an attempt that received nothing for the stall timeout.
@@ -107,6 +108,7 @@ func NewRangeFetcher(repo name.Repository, desc v1.Descriptor, opts ...FetchOpti
 		stallTimeout: 10 * time.Second,
 		userAgent:    "sluice",
 		maxConns:     8,
+		fillWait:     mirrorFillWait,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -369,6 +371,14 @@ func (s *rangeStream) openAt(ep *endpoint) (err error) {
 		// Range ignored: the body is the whole blob. Skip to off, reading
 		// through a small buffer so memory stays bounded.
 		f.rangeIgnored.Add(1)
+		if ep.mirror {
+			// Most likely a pull-through cache that lacks the blob and
+			// streams it from upstream while it fills its store
+			// (distribution's proxy does): every request it streams costs
+			// the upstream another whole copy. Take this answer, and go
+			// around the mirror for a while.
+			ep.coolFor(f.cfg.fillWait)
+		}
 		if resp.ContentLength >= 0 && resp.ContentLength != f.size {
 			return fmt.Errorf("200 answer of %d bytes for a %d-byte blob", resp.ContentLength, f.size)
 		}

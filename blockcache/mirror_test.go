@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -179,5 +180,40 @@ func TestMirrorGetsNoRegistryCredentials(t *testing.T) {
 	e.read(im, off, n)
 	if s := im.Stats().Fetcher; s.MirrorAnswers != 1 || sawAuth.Load() {
 		t.Errorf("mirror answers %d, mirror saw credentials: %t; want 1, false", s.MirrorAnswers, sawAuth.Load())
+	}
+}
+
+// A mirror that answers a range with the whole blob (a pull-through cache
+// filling it from upstream) serves that request; the next ones go around
+// it while the fill wait lasts, and to it again after.
+func TestMirrorStreamingWholeBlob(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		wait      time.Duration
+		mirror    int // blob GETs at the mirror after two reads
+		originGet int
+	}{
+		{"within the wait", time.Hour, 1, 1},
+		{"after the wait", 0, 2, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			filling := &faultHandler{next: e.f.reg, blobPath: e.faults.blobPath, ignoreRange: true}
+			hosts := e.hostsFor(t, `[host."http://`+testutil.Serve(t, filling)+`"]`+"\n")
+			wait := func(c *fetchConfig) { c.fillWait = tc.wait }
+			im := e.open(WithFetchOptions(WithHosts(hosts), wait))
+			for k := range 2 {
+				off, n := e.chunkRange(e.f.storedChunk(t, k))
+				e.read(im, off, n)
+			}
+			mirrorGets, _ := filling.counts()
+			originGets, _ := e.faults.counts()
+			if mirrorGets != tc.mirror || originGets != tc.originGet {
+				t.Errorf("%d GETs at the mirror, %d at the origin; want %d, %d", mirrorGets, originGets, tc.mirror, tc.originGet)
+			}
+			if s := im.Stats().Fetcher; s.MirrorFallbacks != 0 {
+				t.Errorf("%d mirror fallbacks counted, want none (going around a filling mirror is not a failure)", s.MirrorFallbacks)
+			}
+		})
 	}
 }
