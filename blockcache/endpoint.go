@@ -53,6 +53,12 @@ type endpoint struct {
 	mu        sync.Mutex
 	init      *clientInit // the client, built on first use so opening needs no network
 	coolUntil time.Time
+	// A mirror's first request (and its first after each cooldown) finds
+	// out alone whether it serves the blob's ranges; the requests that
+	// come meanwhile wait for its answer (probe closes) instead of each
+	// costing a filling cache's upstream a whole copy.
+	probe  chan struct{}
+	probed bool
 }
 
 // clientInit is the authenticating client being built (the registry ping
@@ -101,12 +107,52 @@ func (ep *endpoint) failed(err error) {
 }
 
 // coolFor skips the endpoint for d from now (or longer, if it already
-// was).
+// was); the first request after that is a probe again.
 func (ep *endpoint) coolFor(d time.Duration) {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	if until := time.Now().Add(d); until.After(ep.coolUntil) {
 		ep.coolUntil = until
+	}
+	ep.probed = false
+}
+
+// admit lets a request go to the endpoint. For a mirror not yet probed,
+// the first request goes at once, and admit returns the func it calls
+// once the mirror's answer is known; the others wait for that (or for
+// their ctx to end). The registry itself is never held back.
+func (ep *endpoint) admit(ctx context.Context) (answered func(), err error) {
+	if !ep.mirror {
+		return nil, nil
+	}
+	ep.mu.Lock()
+	if ep.probed {
+		ep.mu.Unlock()
+		return nil, nil
+	}
+	if ep.probe == nil {
+		ch := make(chan struct{})
+		ep.probe = ch
+		ep.mu.Unlock()
+		var once sync.Once
+		return func() {
+			once.Do(func() {
+				ep.mu.Lock()
+				// Probed, unless the answer made it cool down: then the
+				// first request after that probes again.
+				ep.probed, ep.probe = !time.Now().Before(ep.coolUntil), nil
+				ep.mu.Unlock()
+				close(ch)
+			})
+		}, nil
+	}
+	ch := ep.probe
+	ep.mu.Unlock()
+	select {
+	case <-ch:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
 	}
 }
 

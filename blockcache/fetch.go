@@ -302,11 +302,24 @@ func (s *rangeStream) open() error {
 		if !last && ep.cooling() {
 			continue
 		}
-		err := s.openAt(ep)
+		answered, err := ep.admit(s.ctx)
+		if err != nil {
+			return err // the caller's context ended
+		}
+		if answered == nil && !last && ep.cooling() {
+			continue // the mirror's first request found it filling, or down
+		}
+		err = s.openAt(ep, answered)
 		if err == nil || last || s.ctx.Err() != nil {
+			if answered != nil {
+				answered()
+			}
 			return err
 		}
 		ep.failed(err)
+		if answered != nil {
+			answered() // after failed: the requests waiting see it cooling
+		}
 		s.f.mirrorFallbacks.Add(1)
 		zerolog.Ctx(s.ctx).Debug().Err(err).Str("blob", s.f.blob.String()).Str("mirror", ep.repo.RegistryStr()).
 			Msg("mirror failed; trying the next host")
@@ -314,8 +327,10 @@ func (s *rangeStream) open() error {
 	panic("unreachable: the last endpoint returns")
 }
 
-// openAt is open's request to one host.
-func (s *rangeStream) openAt(ep *endpoint) (err error) {
+// openAt is open's request to one host. answered, if not nil, is admit's:
+// openAt calls it early when the answer is a whole blob (open calls it
+// otherwise).
+func (s *rangeStream) openAt(ep *endpoint, answered func()) (err error) {
 	f := s.f
 	off, n := s.off+int64(s.filled), int64(len(s.dst)-s.filled)
 	ctx, cancel := context.WithCancelCause(s.ctx)
@@ -378,6 +393,9 @@ func (s *rangeStream) openAt(ep *endpoint) (err error) {
 			// the upstream another whole copy. Take this answer, and go
 			// around the mirror for a while.
 			ep.coolFor(f.cfg.fillWait)
+		}
+		if answered != nil {
+			answered() // before skipping to off, which may take a while
 		}
 		if resp.ContentLength >= 0 && resp.ContentLength != f.size {
 			return fmt.Errorf("200 answer of %d bytes for a %d-byte blob", resp.ContentLength, f.size)

@@ -217,3 +217,45 @@ func TestMirrorStreamingWholeBlob(t *testing.T) {
 		})
 	}
 }
+
+// Requests that come while a mirror's first request is unanswered wait
+// for its answer: a mirror that streams the whole blob (a filling cache)
+// gets that one request alone, the others go to the origin; a mirror that
+// answers the range gets them all.
+func TestMirrorProbedFirst(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		filling                bool
+		mirrorGets, originGets int
+	}{
+		{"filling cache", true, 1, 3},
+		{"cache holding the blob", false, 4, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			// The first answer comes late: the other requests are sent
+			// meanwhile.
+			mirror := &faultHandler{next: e.f.reg, blobPath: e.faults.blobPath, ignoreRange: tc.filling, delay: 100 * time.Millisecond}
+			hosts := e.hostsFor(t, `[host."http://`+testutil.Serve(t, mirror)+`"]`+"\n")
+			f := NewRangeFetcher(e.art.Repo, e.art.Data, WithHosts(hosts), func(c *fetchConfig) { c.fillWait = time.Hour })
+			var wg sync.WaitGroup
+			for k := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					off := int64(k) * 1000
+					b, err := f.FetchRange(context.Background(), off, 100)
+					if err != nil || string(b) != string(e.f.blob[off:off+100]) {
+						t.Errorf("range at %d: %v, or wrong bytes", off, err)
+					}
+				}()
+			}
+			wg.Wait()
+			mirrorGets, _ := mirror.counts()
+			originGets, _ := e.faults.counts()
+			if mirrorGets != tc.mirrorGets || originGets != tc.originGets {
+				t.Errorf("%d GETs at the mirror, %d at the origin; want %d, %d", mirrorGets, originGets, tc.mirrorGets, tc.originGets)
+			}
+		})
+	}
+}
