@@ -32,6 +32,7 @@ func main() {
 		cacheBW   = flag.Float64("cache-bandwidth", 5e9, "bytes per second the pull-through cache serves in all")
 		nodeBW    = flag.Float64("node-bandwidth", 1.25e9, "bytes per second of each node's link")
 		hit       = flag.Float64("p2p-hit", 0.99, "share of repeat requests a peer answers")
+		fillWait  = flag.Float64("fill-wait", 2, "seconds a node goes around a cache that streamed it a whole blob (blockcache's mirrorFillWait)")
 	)
 	flag.Parse()
 	if *tracePath == "" {
@@ -43,7 +44,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
 		os.Exit(1)
 	}
-	p := model.Params{Nodes: *nodes, Spread: *spread, OriginBandwidth: *originBW, CacheBandwidth: *cacheBW, NodeBandwidth: *nodeBW, P2PHit: *hit}
+	p := model.Params{Nodes: *nodes, Spread: *spread, OriginBandwidth: *originBW, CacheBandwidth: *cacheBW, NodeBandwidth: *nodeBW, P2PHit: *hit, FillWait: *fillWait}
 	var results []model.Result
 	for _, s := range []model.Setup{model.Direct, model.PullThrough, model.P2P} {
 		r, err := model.Simulate(tr, s, p)

@@ -3,12 +3,13 @@
 // setups:
 //
 //   - Direct: every node fetches from the origin.
-//   - PullThrough: every node fetches from one pull-through cache (as
+//   - PullThrough: every node fetches through one pull-through cache (as
 //     distribution 2.8's proxy behaves, pinned by debregistry.TestProxy):
 //     a blob the cache lacks is fetched from the origin once for its store,
 //     and once more for each request that reaches the cache while that
-//     fill runs (it streams those through whole); later requests are
-//     served from its store.
+//     fill runs (it streams those through whole); a node that was streamed
+//     a whole blob fetches its ranges from the origin for a while (see
+//     fills); later requests are served from the cache's store.
 //   - P2P: nodes fetch each range from a peer that has it (an in-cluster
 //     engine such as Spegel); the first request for a range, and the share
 //     of later ones no peer answers (1 - P2PHit), go to the origin.
@@ -25,7 +26,6 @@ package model
 import (
 	"fmt"
 	"math"
-	"sort"
 )
 
 // Request is one request of a node's trace.
@@ -89,6 +89,9 @@ type Params struct {
 	OriginBandwidth, CacheBandwidth, NodeBandwidth float64
 	// P2PHit is the share of repeat requests a peer answers.
 	P2PHit float64
+	// FillWait is how long a node goes around a cache that streamed it a
+	// whole blob (blockcache's mirrorFillWait, 2 s).
+	FillWait float64
 }
 
 // Result is one setup's prediction.
@@ -147,7 +150,7 @@ func Simulate(tr Trace, s Setup, p Params) (Result, error) {
 			}
 		}
 	case PullThrough:
-		origin = append(origin, fills(tr, starts, p.OriginBandwidth)...)
+		origin = append(origin, fills(tr, starts, p)...)
 	case P2P:
 		origin = append(origin, p2p(tr, starts, p.P2PHit)...)
 	default:
@@ -162,27 +165,46 @@ func Simulate(tr Trace, s Setup, p Params) (Result, error) {
 	return res, nil
 }
 
-// fills is the origin's side of a distribution 2.8 pull-through cache: for
-// each blob, a whole GET for its store when the first request reaches the
-// cache, and a whole GET for each request arriving while that fill lasts
-// (size / origin bandwidth), the first one included: the cache streams it
-// through. (Its HEADs, which it partly caches, are not counted.)
-func fills(tr Trace, starts []float64, originBW float64) []originReq {
-	arrivals := map[string][]float64{}
+// fills is the origin's side of a distribution 2.8 pull-through cache and
+// sluice's fetcher in front of it. The cache fills a blob when the first
+// request for it reaches it: a whole GET for its store, lasting size /
+// origin bandwidth. Until it is stored, each request that reaches it is
+// streamed through: another whole GET. A node's range requests go to the
+// cache one at a time until one is answered; one answered with the whole
+// blob (streamed) sends the node's requests straight to the origin, each
+// its range, for FillWait. Whole-blob GETs of the artifact lookup (the
+// index) are not held back. (The cache's HEADs, which it partly caches,
+// are not counted.)
+func fills(tr Trace, starts []float64, p Params) []originReq {
+	first := map[string]float64{}
 	for _, st := range starts {
 		for _, r := range tr.Requests {
-			arrivals[r.Blob] = append(arrivals[r.Blob], st+r.T)
+			if t, ok := first[r.Blob]; !ok || st+r.T < t {
+				first[r.Blob] = st + r.T
+			}
 		}
 	}
 	var out []originReq
-	for blob, ts := range arrivals {
-		sort.Float64s(ts)
+	filled := map[string]float64{} // when each blob is stored
+	for blob, t := range first {
 		size := tr.Blobs[blob]
-		end := ts[0] + float64(size)/originBW
-		out = append(out, originReq{t: ts[0], bytes: size}) // the store's copy
-		for _, t := range ts {
-			if t < end {
-				out = append(out, originReq{t: t, bytes: size}) // streamed through
+		filled[blob] = t + float64(size)/p.OriginBandwidth
+		out = append(out, originReq{t: t, bytes: size}) // the store's copy
+	}
+	for _, st := range starts {
+		around := map[string]float64{} // until when the node goes around the cache, by blob
+		for _, r := range tr.Requests {
+			t, size := st+r.T, tr.Blobs[r.Blob]
+			switch whole := r.Off == 0 && r.Len == size; {
+			case !whole && t < around[r.Blob]:
+				out = append(out, originReq{t: t, bytes: r.Len}) // its range, from the origin
+			case t >= filled[r.Blob]:
+				// served from the cache's store
+			default:
+				out = append(out, originReq{t: t, bytes: size}) // streamed through, whole
+				if !whole {
+					around[r.Blob] = t + p.FillWait
+				}
 			}
 		}
 	}

@@ -21,7 +21,7 @@ func trace() Trace {
 }
 
 func params(n int) Params {
-	return Params{Nodes: n, Spread: 10, OriginBandwidth: 1e9, CacheBandwidth: 1e9, NodeBandwidth: 1e8, P2PHit: 1}
+	return Params{Nodes: n, Spread: 10, OriginBandwidth: 1e9, CacheBandwidth: 1e9, NodeBandwidth: 1e8, P2PHit: 1, FillWait: 2}
 }
 
 func sim(t *testing.T, s Setup, p Params) Result {
@@ -43,31 +43,36 @@ func TestDirectScalesWithNodes(t *testing.T) {
 	}
 }
 
-// With a fast origin, each blob's fill ends before a second request
-// comes: two whole GETs of each blob (the store's copy, and the first
-// request's, streamed through), whatever the fleet's size, plus every
-// node's origin-only lookups.
+// With a fast origin, each blob's fill ends before a second node comes:
+// two whole GETs of each blob (the store's copy, and the first request's,
+// streamed through), whatever the fleet's size; the first node then
+// fetches its other ranges from the origin for FillWait (all of them
+// here); and every node's origin-only lookups.
 func TestPullThroughFillsOnce(t *testing.T) {
 	for _, n := range []int{1, 8, 1000} {
 		r := sim(t, PullThrough, params(n))
-		if want := 2*int64(1000+1<<20) + int64(n)*3000; r.OriginBytes != want || r.OriginRequests != 2*2+3*n {
-			t.Errorf("%d nodes: %d bytes, %d requests; want %d, %d", n, r.OriginBytes, r.OriginRequests, want, 2*2+3*n)
+		want := 2*int64(1000+1<<20) + 64<<10 + 128<<10 + int64(n)*3000
+		if r.OriginBytes != want || r.OriginRequests != 2*2+2+3*n {
+			t.Errorf("%d nodes: %d bytes, %d requests; want %d, %d", n, r.OriginBytes, r.OriginRequests, want, 2*2+2+3*n)
 		}
 	}
 }
 
 // Requests that reach the cache while it fills a blob are streamed through
-// from the origin, whole.
+// from the origin, whole; a node streamed the data blob fetches its next
+// ranges from the origin for FillWait. The index GETs are never held back.
 func TestPullThroughStreamsDuringFill(t *testing.T) {
 	p := params(4)
 	p.Spread = 0
-	p.OriginBandwidth = 1 << 20 // the data blob's fill takes 1 s: every data request lands in it
+	p.OriginBandwidth = 1 << 20 // the data blob's fill takes 1 s, until t = 1.1
 	r := sim(t, PullThrough, p)
-	// data: store copy + 4 nodes x 2 requests before 1 s (the one at 2 s
-	// comes after); index: store copy + 4 streamed (all at t=0).
-	wantBytes := int64(1+8)<<20 + int64(1+4)*1000 + 4*3000
-	if r.OriginRequests != (1+8)+(1+4)+4*3 || r.OriginBytes != wantBytes {
-		t.Errorf("%d bytes, %d requests; want %d, %d", r.OriginBytes, r.OriginRequests, wantBytes, (1+8)+(1+4)+12)
+	// data: the store's copy, and per node: the range at 0.1 streamed
+	// whole, then the ranges at 0.2 and 2 from the origin (going around
+	// until 2.1). index: the store's copy + 4 streamed (all at 0).
+	wantBytes := int64(1+4)<<20 + 4*(64<<10+128<<10) + int64(1+4)*1000 + 4*3000
+	wantReqs := (1 + 4 + 8) + (1 + 4) + 4*3
+	if r.OriginRequests != wantReqs || r.OriginBytes != wantBytes {
+		t.Errorf("%d bytes, %d requests; want %d, %d", r.OriginBytes, r.OriginRequests, wantBytes, wantReqs)
 	}
 }
 
