@@ -1,7 +1,6 @@
 package blockcache
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,15 +8,15 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/rs/zerolog"
+
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
 )
 
 // RangeFetcher fetches byte ranges of one blob from a registry with HTTP
@@ -32,19 +31,24 @@ type RangeFetcher struct {
 	blob v1.Hash
 	size int64
 	cfg  fetchConfig
+	// endpoints are the hosts tried in order (see WithHosts).
+	endpoints []*endpoint
 
-	mu   sync.Mutex
-	init *clientInit // the client, built on first use so opening needs no network
-
-	requests     atomic.Int64 // HTTP requests for the blob, retries included
-	retries      atomic.Int64
-	bytes        atomic.Int64 // body bytes read, discarded ones included
-	rangeIgnored atomic.Int64 // 200 answers to a Range request
+	requests        atomic.Int64 // HTTP requests for the blob, retries included
+	retries         atomic.Int64
+	bytes           atomic.Int64 // body bytes read, discarded ones included
+	rangeIgnored    atomic.Int64 // 200 answers to a Range request
+	mirrorAnswers   atomic.Int64 // requests a mirror answered
+	mirrorFallbacks atomic.Int64 // requests a mirror failed, tried on the next host
 }
 
 // FetchStats counts what a RangeFetcher did.
 type FetchStats struct {
 	Requests, Retries, Bytes, RangeIgnored int64
+	// MirrorAnswers counts requests a mirror answered; MirrorFallbacks
+	// those a mirror failed (down, an error status, a short body), which
+	// went on to the next host.
+	MirrorAnswers, MirrorFallbacks int64
 }
 
 type fetchConfig struct {
@@ -55,14 +59,8 @@ type fetchConfig struct {
 	stallTimeout time.Duration
 	userAgent    string
 	maxConns     int
-}
-
-// clientInit is the authenticating client being built (the registry ping
-// and token exchange), shared by the requests that wait for it.
-type clientInit struct {
-	done   chan struct{}
-	client *http.Client
-	err    error
+	hosts        []registryhosts.Host
+	fillWait     time.Duration // see mirrorFillWait
 }
 
 // errStalled cancels an attempt that received nothing for the stall timeout.
@@ -110,6 +108,7 @@ func NewRangeFetcher(repo name.Repository, desc v1.Descriptor, opts ...FetchOpti
 		stallTimeout: 10 * time.Second,
 		userAgent:    "sluice",
 		maxConns:     8,
+		fillWait:     mirrorFillWait,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -119,7 +118,9 @@ func NewRangeFetcher(repo name.Repository, desc v1.Descriptor, opts ...FetchOpti
 			repo.Registry = reg
 		}
 	}
-	return &RangeFetcher{repo: repo, blob: desc.Digest, size: desc.Size, cfg: cfg}
+	f := &RangeFetcher{repo: repo, blob: desc.Digest, size: desc.Size, cfg: cfg}
+	f.endpoints = f.newEndpoints()
+	return f
 }
 
 // Size returns the blob's size.
@@ -127,7 +128,8 @@ func (f *RangeFetcher) Size() int64 { return f.size }
 
 // Stats returns the fetcher's counters.
 func (f *RangeFetcher) Stats() FetchStats {
-	return FetchStats{Requests: f.requests.Load(), Retries: f.retries.Load(), Bytes: f.bytes.Load(), RangeIgnored: f.rangeIgnored.Load()}
+	return FetchStats{Requests: f.requests.Load(), Retries: f.retries.Load(), Bytes: f.bytes.Load(), RangeIgnored: f.rangeIgnored.Load(),
+		MirrorAnswers: f.mirrorAnswers.Load(), MirrorFallbacks: f.mirrorFallbacks.Load()}
 }
 
 // FetchRange returns the n bytes of the blob at off, retrying transient
@@ -167,9 +169,11 @@ type rangeStream struct {
 	last     error // why the last attempt ended
 	failed   error // the stream gave up: every later next returns it
 
-	// The attempt in progress (body nil between attempts).
+	// The attempt in progress (body nil between attempts), and the host
+	// answering it.
 	body   io.Reader
 	endTry func(err error) error
+	ep     *endpoint
 }
 
 // stream starts filling dst with the blob's bytes at off; it sends nothing
@@ -213,6 +217,11 @@ func (s *rangeStream) next() error {
 		case err != nil:
 			s.last = s.endTry(truncated(err))
 			s.body = nil
+			if s.ep.mirror && s.ctx.Err() == nil {
+				// Cut short by a mirror: the retry goes to the next host.
+				s.ep.failed(s.last)
+				s.f.mirrorFallbacks.Add(1)
+			}
 		}
 		if k > 0 {
 			return nil
@@ -284,8 +293,44 @@ func (s *rangeStream) close() {
 }
 
 // open makes one request for the bytes not yet had and, once its answer
-// checks out, leaves its body in s.body, positioned at them.
-func (s *rangeStream) open() (err error) {
+// checks out, leaves its body in s.body, positioned at them. It asks the
+// hosts in order (skipping mirrors that failed a moment ago), the next
+// whenever one fails; the last host's failure is the attempt's.
+func (s *rangeStream) open() error {
+	for i, ep := range s.f.endpoints {
+		last := i == len(s.f.endpoints)-1
+		if !last && ep.cooling() {
+			continue
+		}
+		answered, err := ep.admit(s.ctx)
+		if err != nil {
+			return err // the caller's context ended
+		}
+		if answered == nil && !last && ep.cooling() {
+			continue // the mirror's first request found it filling, or down
+		}
+		err = s.openAt(ep, answered)
+		if err == nil || last || s.ctx.Err() != nil {
+			if answered != nil {
+				answered()
+			}
+			return err
+		}
+		ep.failed(err)
+		if answered != nil {
+			answered() // after failed: the requests waiting see it cooling
+		}
+		s.f.mirrorFallbacks.Add(1)
+		zerolog.Ctx(s.ctx).Debug().Err(err).Str("blob", s.f.blob.String()).Str("mirror", ep.repo.RegistryStr()).
+			Msg("mirror failed; trying the next host")
+	}
+	panic("unreachable: the last endpoint returns")
+}
+
+// openAt is open's request to one host. answered, if not nil, is admit's:
+// openAt calls it early when the answer is a whole blob (open calls it
+// otherwise).
+func (s *rangeStream) openAt(ep *endpoint, answered func()) (err error) {
 	f := s.f
 	off, n := s.off+int64(s.filled), int64(len(s.dst)-s.filled)
 	ctx, cancel := context.WithCancelCause(s.ctx)
@@ -314,11 +359,11 @@ func (s *rangeStream) open() (err error) {
 			err = endTry(err)
 		}
 	}()
-	client, err := f.httpClient(ctx)
+	client, err := ep.httpClient(ctx)
 	if err != nil {
-		return fmt.Errorf("connecting to %s: %w", f.repo.RegistryStr(), err)
+		return fmt.Errorf("connecting to %s: %w", ep.repo.RegistryStr(), err)
 	}
-	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", f.repo.Scheme(), f.repo.RegistryStr(), f.repo.RepositoryStr(), f.blob)
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", ep.repo.Scheme(), ep.repo.RegistryStr(), ep.repo.RepositoryStr(), f.blob)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return permanentError{err}
@@ -341,6 +386,17 @@ func (s *rangeStream) open() (err error) {
 		// Range ignored: the body is the whole blob. Skip to off, reading
 		// through a small buffer so memory stays bounded.
 		f.rangeIgnored.Add(1)
+		if ep.mirror {
+			// Most likely a pull-through cache that lacks the blob and
+			// streams it from upstream while it fills its store
+			// (distribution's proxy does): every request it streams costs
+			// the upstream another whole copy. Take this answer, and go
+			// around the mirror for a while.
+			ep.coolFor(f.cfg.fillWait)
+		}
+		if answered != nil {
+			answered() // before skipping to off, which may take a while
+		}
 		if resp.ContentLength >= 0 && resp.ContentLength != f.size {
 			return fmt.Errorf("200 answer of %d bytes for a %d-byte blob", resp.ContentLength, f.size)
 		}
@@ -352,7 +408,10 @@ func (s *rangeStream) open() (err error) {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // reuse the connection
 		return err
 	}
-	s.body, s.endTry = body, endTry
+	s.body, s.endTry, s.ep = body, endTry, ep
+	if ep.mirror {
+		f.mirrorAnswers.Add(1)
+	}
 	return nil
 }
 
@@ -383,89 +442,6 @@ func checkContentRange(h string, off, n, size int64) error {
 		return fmt.Errorf("206 answer with Content-Range %q, asked for bytes %d-%d/%d", h, off, off+n-1, size)
 	}
 	return nil
-}
-
-// httpClient returns the authenticating client, building it on first use
-// (one build at a time, each waiter bounded by its own ctx); a failure
-// (registry down) is retried by the caller like any transient error.
-func (f *RangeFetcher) httpClient(ctx context.Context) (*http.Client, error) {
-	in := f.startInit(ctx)
-	select {
-	case <-in.done:
-		return in.client, in.err
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
-}
-
-// Warm builds the client in the background: the registry ping, the token
-// exchange and the TCP connection the ping leaves in the idle pool are then
-// done before the first fault needs them, instead of adding their round
-// trips to it. It returns at once and never fails; if the registry cannot
-// be reached now, the first fetch tries again.
-func (f *RangeFetcher) Warm(ctx context.Context) { f.startInit(ctx) }
-
-// startInit returns the client build in progress or done, starting one if
-// there is none or the last one failed.
-func (f *RangeFetcher) startInit(ctx context.Context) *clientInit {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	in := f.init
-	if in == nil || (isClosed(in.done) && in.err != nil) {
-		in = &clientInit{done: make(chan struct{})}
-		f.init = in
-		// Not bound to this caller's attempt: the others wait for it too.
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(f.cfg.stallTimeout, 30*time.Second))
-		go func() {
-			defer cancel()
-			in.client, in.err = f.newClient(bctx)
-			close(in.done)
-		}()
-	}
-	return in
-}
-
-func isClosed(c chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}
-
-func (f *RangeFetcher) newClient(ctx context.Context) (*http.Client, error) {
-	auth, err := authn.Resolve(ctx, f.cfg.keychain, f.repo)
-	if err != nil {
-		return nil, permanentError{fmt.Errorf("resolving credentials: %w", err)}
-	}
-	base := f.cfg.base
-	if base == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConnsPerHost = f.cfg.maxConns
-		base = t
-	}
-	base = transport.NewUserAgent(base, f.cfg.userAgent)
-	rt, err := transport.NewWithContext(ctx, f.repo.Registry, auth, base, []string{f.repo.Scope(transport.PullScope)})
-	if err != nil {
-		return nil, err
-	}
-	registryHost := f.repo.RegistryStr()
-	return &http.Client{
-		Transport: rt,
-		// ggcr's transport only adds credentials for the registry's own
-		// host, and net/http drops them on cross-domain redirects; also drop
-		// them for another port of the same host (a storage service).
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= 10 {
-				return errors.New("stopped after 10 redirects")
-			}
-			if req.URL.Host != registryHost {
-				req.Header.Del("Authorization")
-			}
-			return nil
-		},
-	}, nil
 }
 
 // countingReader counts body bytes and pushes back the stall timer.

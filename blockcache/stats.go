@@ -106,6 +106,17 @@ func (s *Stats) Add(o Stats) {
 	s.ReadErrors += o.ReadErrors
 	s.Timeouts += o.Timeouts
 	s.FaultLatency.Add(o.FaultLatency)
+	s.Fetcher.Add(o.Fetcher)
+}
+
+// Add adds o's counts to s.
+func (s *FetchStats) Add(o FetchStats) {
+	s.Requests += o.Requests
+	s.Retries += o.Retries
+	s.Bytes += o.Bytes
+	s.RangeIgnored += o.RangeIgnored
+	s.MirrorAnswers += o.MirrorAnswers
+	s.MirrorFallbacks += o.MirrorFallbacks
 }
 
 // Add adds o's observations to h; both must have the same bounds (an h

@@ -36,6 +36,7 @@ var (
 	descCacheLimit   = desc("cache_limit_bytes", "Bound of the chunk cache (cache.size).")
 	descCacheChunks  = desc("cache_chunks", "Chunks in the chunk cache.")
 	descEvictions    = desc("cache_evictions_total", "Chunks evicted from the cache for room.")
+	descMirror       = desc("mirror_requests_total", "Range requests sent to registry mirrors (registry.config_path): answered by the mirror, or passed on to the next host (the mirror was down, lacked the blob or cut its answer short).", "result")
 	descRejected     = desc("rejected_artifacts_total", "Artifacts of images that were not used (grafted, unsigned, badly signed, ambiguous, corrupt), by reason.", "reason")
 )
 
@@ -43,7 +44,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descFetched, descBackground, descFetches, descHits, descMisses, descCorrupt, descReads,
 		descReadErrors, descTimeouts, descFault, descPercent, descImageFetched, descExports,
-		descCacheUsed, descCacheLimit, descCacheChunks, descEvictions, descRejected,
+		descCacheUsed, descCacheLimit, descCacheChunks, descEvictions, descRejected, descMirror,
 	} {
 		ch <- d
 	}
@@ -74,6 +75,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReads, float64(totals.Reads))
 	counter(descReadErrors, float64(totals.ReadErrors))
 	counter(descTimeouts, float64(totals.Timeouts))
+	counter(descMirror, float64(totals.Fetcher.MirrorAnswers), "answered")
+	counter(descMirror, float64(totals.Fetcher.MirrorFallbacks), "passed_on")
 	fault := totals.FaultLatency
 	ch <- prometheus.MustNewConstHistogram(descFault, fault.Count, fault.Sum.Seconds(), fault.Cumulative())
 

@@ -3,6 +3,7 @@ package source
 import (
 	"errors"
 
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
 	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 )
@@ -23,6 +24,7 @@ const (
 	ReasonWrongSubject = "artifact not for this image"
 	ReasonUnreachable  = "registry unreachable"
 	ReasonDenied       = "registry denied access"
+	ReasonHostsConfig  = "bad registry host config"
 	ReasonOther        = "artifact lookup failed"
 )
 
@@ -32,6 +34,8 @@ func Reason(err error) string {
 	switch {
 	case errors.Is(err, ErrBadReference):
 		return ReasonBadReference
+	case errors.Is(err, registryhosts.ErrBadConfig):
+		return ReasonHostsConfig
 	case errors.Is(err, artifact.ErrNoArtifact):
 		return ReasonNoArtifact
 	case errors.Is(err, artifact.ErrAmbiguous):

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-project/sluice/blockcache"
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
 	"github.com/sluice-project/sluice/imageconv/artifact"
 )
 
@@ -198,7 +199,11 @@ func (s *Source) Open(ctx context.Context, req Request) (*Handle, error) {
 // lookup asks the registry for req's artifact, or, if it cannot be
 // reached, takes the one saved; fresh says which.
 func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (art *artifact.Artifact, fresh bool, err error) {
-	opts := []artifact.Option{artifact.WithKeychain(s.keychain(req.Image))}
+	hosts, err := s.hosts(ctx, ref)
+	if err != nil {
+		return nil, false, err
+	}
+	opts := []artifact.Option{artifact.WithKeychain(s.keychain(req.Image)), artifact.WithHosts(hosts)}
 	if s.plain(ref) {
 		opts = append(opts, artifact.WithPlainHTTP())
 	}
@@ -247,6 +252,13 @@ func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (a
 func (s *Source) openImage(ref name.Reference, req Request, exportName string, art *artifact.Artifact) (*shared, error) {
 	var fetchOpts []blockcache.FetchOption
 	fetchOpts = append(fetchOpts, blockcache.WithKeychain(s.keychain(req.Image)))
+	// Read when the image is opened: hosts.toml edits apply to the images
+	// opened after them, as in containerd.
+	hosts, err := s.hosts(s.ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	fetchOpts = append(fetchOpts, blockcache.WithHosts(hosts))
 	if s.plain(ref) {
 		fetchOpts = append(fetchOpts, blockcache.WithPlainHTTP())
 	}
@@ -366,8 +378,23 @@ func (s *Source) nameOptions(ref name.Reference) []name.Option {
 	return nil
 }
 
+// hosts returns the hosts of ref's registry (nil: the registry alone).
+func (s *Source) hosts(ctx context.Context, ref name.Reference) ([]registryhosts.Host, error) {
+	if s.cfg.hosts == nil {
+		return nil, nil
+	}
+	return s.cfg.hosts.Hosts(ctx, ref.Context().Registry)
+}
+
 // Option configures New.
 type Option func(*options)
+
+// WithRegistryHosts looks artifacts up and fetches chunks through the
+// hosts c configures for each registry (containerd's hosts.toml: mirrors
+// in order, then the registry), as the node's containerd pulls. A
+// malformed hosts.toml fails the registry's lookups with an error wrapping
+// registryhosts.ErrBadConfig (Reason: ReasonHostsConfig).
+func WithRegistryHosts(c *registryhosts.Config) Option { return func(o *options) { o.hosts = c } }
 
 type options struct {
 	keychain     authn.Keychain
@@ -379,6 +406,7 @@ type options struct {
 	verifier     artifact.Verifier
 	converter    ConvertRequester
 	pull         PullCredentials
+	hosts        *registryhosts.Config
 }
 
 // WithKeychain resolves registry credentials with k (default: the docker

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sluice-project/sluice/blockcache"
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
 	"github.com/sluice-project/sluice/blockcache/source"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
 	"github.com/sluice-project/sluice/nbdserver"
@@ -20,6 +21,7 @@ import (
 
 type serveFlags struct {
 	socket, tcp, cacheDir, cacheSize, rate, platform, memCache string
+	registryConfigPath                                         string
 	allowRemote                                                bool
 	readTimeout                                                time.Duration
 	concurrency                                                int
@@ -61,6 +63,7 @@ addresses unless --allow-remote is given. Stop with Ctrl-C or SIGTERM.`,
 	fl.StringVar(&f.platform, "platform", "", "platform of multi-platform IMAGEs (default: this machine's, linux/ARCH)")
 	fl.DurationVar(&f.readTimeout, "read-timeout", blockcache.DefaultReadTimeout, "a read that cannot be served in this time fails with EIO (the connection stays up)")
 	fl.IntVar(&f.concurrency, "fetch-concurrency", blockcache.DefaultConcurrency, "range requests in flight per image")
+	fl.StringVar(&f.registryConfigPath, "registry-config-path", "", "containerd's registry host configuration (hosts.toml per registry, e.g. /etc/containerd/certs.d): fetch through the mirrors it lists, then the registry (\"\": the registry alone)")
 	_ = cmd.MarkFlagRequired("socket")
 	return cmd
 }
@@ -92,6 +95,13 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 		blockcache.WithConcurrency(f.concurrency))}
 	if g.plainHTTP {
 		srcOpts = append(srcOpts, source.WithPlainHTTP())
+	}
+	if f.registryConfigPath != "" {
+		hosts := registryhosts.New(f.registryConfigPath, registryhosts.WithMaxIdleConnsPerHost(f.concurrency))
+		if err := hosts.Check(); err != nil {
+			return fmt.Errorf("--registry-config-path: %w", err)
+		}
+		srcOpts = append(srcOpts, source.WithRegistryHosts(hosts))
 	}
 	if f.platform != "" {
 		p, err := onePlatform(f.platform)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sluice-project/sluice/blockcache"
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
 	"github.com/sluice-project/sluice/blockcache/source"
 	"github.com/sluice-project/sluice/blockcache/source/crikeychain"
 	"github.com/sluice-project/sluice/cmd/internal/cliutil"
@@ -117,6 +118,15 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 	}
 	if len(cfg.PlainHTTP) > 0 {
 		srcOpts = append(srcOpts, source.WithPlainHTTP(cfg.PlainHTTP...))
+	}
+	if cfg.Registry.ConfigPath != "" {
+		hosts := registryhosts.New(cfg.Registry.ConfigPath, registryhosts.WithMaxIdleConnsPerHost(cfg.Cache.FetchConcurrency))
+		if err := hosts.Check(); err != nil {
+			// Only that registry's images are refused (and pulled the
+			// ordinary way): the others still stream.
+			log.Error().Err(err).Msg("registry.config_path: its images cannot be streamed until the file is fixed")
+		}
+		srcOpts = append(srcOpts, source.WithRegistryHosts(hosts))
 	}
 	if v := cfg.Trust.verifier; v != nil {
 		srcOpts = append(srcOpts, source.WithVerifier(v))

@@ -53,6 +53,20 @@ type Config struct {
 	Kernel          KernelConfig      `toml:"kernel"`
 	Trust           TrustConfig       `toml:"trust"`
 	CRIKeychain     CRIKeychainConfig `toml:"cri_keychain"`
+	Registry        RegistryConfig    `toml:"registry"`
+}
+
+// RegistryConfig is the [registry] table: which hosts serve a registry's
+// artifacts and chunks.
+type RegistryConfig struct {
+	// ConfigPath is containerd's registry host configuration: a directory
+	// holding a hosts.toml per registry (containerd's docs/hosts.md).
+	// Artifact lookups and chunk fetches go to the hosts it lists (mirrors,
+	// in order, then the registry), as containerd's pulls do. Several
+	// directories are separated by ':'; "" turns it off. Default
+	// "/etc/containerd/certs.d" (nothing while it does not exist);
+	// `sluiced install-config` sets it to containerd's CRI config_path.
+	ConfigPath string `toml:"config_path"`
 }
 
 // CRIKeychainConfig is the [cri_keychain] table: the CRI image service
@@ -128,7 +142,8 @@ func defaultConfig() Config {
 			FetchConcurrency: blockcache.DefaultConcurrency,
 			MemoryCache:      cliutil.FormatSizeExact(blockcache.DefaultHotBytes),
 		},
-		Kernel: defaultKernelConfig(),
+		Kernel:   defaultKernelConfig(),
+		Registry: RegistryConfig{ConfigPath: "/etc/containerd/certs.d"},
 	}
 }
 
@@ -170,6 +185,11 @@ func (c *Config) validate() error {
 	}
 	if c.CredentialsFile != "" && !filepath.IsAbs(c.CredentialsFile) {
 		return fmt.Errorf("credentials_file: want an absolute path or \"\", got %q", c.CredentialsFile)
+	}
+	for _, p := range filepath.SplitList(c.Registry.ConfigPath) {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("registry.config_path: want absolute directories separated by ':', or \"\", got %q", c.Registry.ConfigPath)
+		}
 	}
 	if c.ConvertService != "" {
 		if u, err := url.Parse(c.ConvertService); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

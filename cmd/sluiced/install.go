@@ -48,7 +48,10 @@ the file changed since, unless --force). A file that does not parse is
 refused, with the line and column.
 
 --trust-key (repeatable) edits sluiced's config (--config) too: [trust]
-policy = "signed", and keys lists each key file.
+policy = "signed", and keys lists each key file. When containerd's CRI
+sets a registry config_path (hosts.toml mirrors) and --config names an
+existing sluiced config, its [registry] config_path is set to the same, so that chunks are
+fetched through the mirrors containerd pulls through.
 
 Each change is printed as a unified diff; --dry-run prints it and writes
 nothing. Restart containerd afterwards (install-node.sh does).`,
@@ -110,6 +113,16 @@ func runInstallConfig(stdout, stderr io.Writer, f *flags, in *installFlags) erro
 			return err
 		}
 		changes = append(changes, c)
+		if _, serr := os.Stat(f.config); serr == nil && f.configSet && !in.uninstall {
+			// sluiced fetches through the mirrors containerd pulls through.
+			rc, err := nodeconfig.InstallRegistryConfigPath(f.config, in.containerdConfig, checkConfig, in.dryRun)
+			if err != nil {
+				return err
+			}
+			if rc.Diff != "" {
+				changes = append(changes, rc)
+			}
+		}
 	}
 	for _, c := range changes {
 		printChange(stdout, stderr, c, in.dryRun, !in.uninstall)

@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
 )
 
 // Artifact is a sluice artifact found in a registry.
@@ -50,7 +52,16 @@ func Lookup(ctx context.Context, image string, opts ...Option) (*Artifact, error
 	if err != nil {
 		return nil, err
 	}
-	desc, err := remote.Get(ref, o.remoteOptions(ctx)...)
+	want := registryhosts.Pull
+	if _, byTag := ref.(name.Tag); byTag {
+		want = registryhosts.Resolve
+	}
+	var desc *remote.Descriptor
+	err = o.onHosts(ctx, ref.Context(), want, func(repo name.Repository, ro []remote.Option) error {
+		var err error
+		desc, err = remote.Get(sameIdentifier(ref, repo), ro...)
+		return err
+	})
 	if err != nil {
 		return nil, registryError(ref.Context().RegistryStr(), fmt.Errorf("fetching %s: %w", image, err))
 	}
@@ -96,14 +107,17 @@ func lookupSubject(ctx context.Context, repo name.Repository, subject v1.Descrip
 }
 
 func fetchArtifact(ctx context.Context, repo name.Repository, subject v1.Descriptor, platform string, o *options) (*Artifact, error) {
-	ropts := o.remoteOptions(ctx)
-	refs, err := remote.Referrers(repo.Digest(subject.Digest.String()), append(ropts, remote.WithFilter("artifactType", ArtifactType))...)
+	var im *v1.IndexManifest
+	err := o.onHosts(ctx, repo, o.referrersCapability(), func(r name.Repository, ro []remote.Option) error {
+		refs, err := remote.Referrers(r.Digest(subject.Digest.String()), append(ro, remote.WithFilter("artifactType", ArtifactType))...)
+		if err != nil {
+			return err
+		}
+		im, err = refs.IndexManifest()
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listing referrers of %s@%s: %w", repo, subject.Digest, err)
-	}
-	im, err := refs.IndexManifest()
-	if err != nil {
-		return nil, err
 	}
 	var cands []v1.Descriptor
 	for _, d := range im.Manifests {
@@ -155,9 +169,13 @@ func fetchArtifact(ctx context.Context, repo name.Repository, subject v1.Descrip
 // readArtifact fetches and checks the artifact manifest c, which claims
 // subject, and its index blob.
 func readArtifact(ctx context.Context, repo name.Repository, c, subject v1.Descriptor, platform string, o *options) (*Artifact, error) {
-	ropts := o.remoteOptions(ctx)
 	a := &Artifact{Repo: repo, Descriptor: c, Subject: subject, Platform: platform}
-	desc, err := remote.Get(repo.Digest(c.Digest.String()), ropts...)
+	var desc *remote.Descriptor
+	err := o.onHosts(ctx, repo, registryhosts.Pull, func(r name.Repository, ro []remote.Option) error {
+		var err error
+		desc, err = remote.Get(r.Digest(c.Digest.String()), ro...)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("fetching artifact manifest %s: %w", c.Digest, err)
 	}
@@ -191,16 +209,7 @@ func readArtifact(ctx context.Context, repo name.Repository, c, subject v1.Descr
 	if indexDesc.Size > maxIndexBlob {
 		return nil, fmt.Errorf("artifact %s: %w: index blob of %d bytes", c.Digest, ErrBadIndex, indexDesc.Size)
 	}
-	l, err := remote.Layer(repo.Digest(indexDesc.Digest.String()), ropts...)
-	if err != nil {
-		return nil, err
-	}
-	rc, err := l.Compressed()
-	if err != nil {
-		return nil, fmt.Errorf("fetching index blob %s: %w", indexDesc.Digest, err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, indexDesc.Size+1))
+	b, err := fetchBlob(ctx, repo, *indexDesc, o)
 	if err != nil {
 		return nil, fmt.Errorf("fetching index blob %s: %w", indexDesc.Digest, err)
 	}
@@ -214,6 +223,33 @@ func readArtifact(ctx context.Context, repo name.Repository, c, subject v1.Descr
 		return nil, fmt.Errorf("index blob %s: %w: data blob is %d bytes, index says %d", indexDesc.Digest, ErrBadIndex, a.Data.Size, a.Index.DataSize)
 	}
 	return a, nil
+}
+
+// fetchBlob reads the blob d (up to one byte more than its size) from a
+// host that can pull it.
+func fetchBlob(ctx context.Context, repo name.Repository, d v1.Descriptor, o *options) (b []byte, err error) {
+	err = o.onHosts(ctx, repo, registryhosts.Pull, func(r name.Repository, ro []remote.Option) error {
+		l, err := remote.Layer(r.Digest(d.Digest.String()), ro...)
+		if err != nil {
+			return err
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		b, err = io.ReadAll(io.LimitReader(rc, d.Size+1))
+		return err
+	})
+	return b, err
+}
+
+// sameIdentifier is ref (a tag or a digest) in repo.
+func sameIdentifier(ref name.Reference, repo name.Repository) name.Reference {
+	if _, byTag := ref.(name.Tag); byTag {
+		return repo.Tag(ref.Identifier())
+	}
+	return repo.Digest(ref.Identifier())
 }
 
 func subjectDigest(d *v1.Descriptor) any {

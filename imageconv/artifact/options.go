@@ -9,6 +9,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/sluice-project/sluice/blockcache/registryhosts"
 )
 
 // Option configures Lookup and Push.
@@ -20,6 +22,7 @@ type options struct {
 	keychain  authn.Keychain
 	remote    []remote.Option
 	verifier  Verifier
+	hosts     []registryhosts.Host
 }
 
 func newOptions(opts []Option) *options {

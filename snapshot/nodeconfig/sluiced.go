@@ -61,6 +61,12 @@ func TrustSigned(src []byte, keys []string) ([]byte, []string, error) {
 // read the key files) or nothing is written. On a dry run nothing is
 // written, and nothing checked: the keys may not be in place yet.
 func InstallTrust(path string, keys []string, check func([]byte) error, dryRun bool) (Change, error) {
+	return editSluiced(path, "with the trust keys", func(src []byte) ([]byte, []string, error) { return TrustSigned(src, keys) }, check, dryRun)
+}
+
+// editSluiced applies edit to the sluiced config at path, as InstallTrust
+// says; what names the edit in check's error.
+func editSluiced(path, what string, edit func([]byte) ([]byte, []string, error), check func([]byte) error, dryRun bool) (Change, error) {
 	c := Change{Path: path}
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
@@ -70,7 +76,7 @@ func InstallTrust(path string, keys []string, check func([]byte) error, dryRun b
 	if err != nil {
 		return c, fmt.Errorf("sluiced config: %w", err)
 	}
-	out, changes, err := TrustSigned(src, keys)
+	out, changes, err := edit(src)
 	if err != nil {
 		return c, fmt.Errorf("sluiced config %s: %w", path, err)
 	}
@@ -79,7 +85,7 @@ func InstallTrust(path string, keys []string, check func([]byte) error, dryRun b
 	}
 	if check != nil && !dryRun {
 		if err := check(out); err != nil {
-			return c, fmt.Errorf("sluiced config %s with the trust keys: %w", path, err)
+			return c, fmt.Errorf("sluiced config %s %s: %w", path, what, err)
 		}
 	}
 	c.Summary = changes

@@ -50,6 +50,10 @@ type nodeOpts struct {
 	// backgroundRate is sluiced's cache.background_rate; "" keeps its
 	// default.
 	backgroundRate string
+	// hostsDir is sluiced's registry.config_path (hosts.toml files); ""
+	// turns it off, so that no node reads the machine's
+	// /etc/containerd/certs.d.
+	hostsDir string
 }
 
 // node is one machine's worth of daemons: sluiced and containerd, with all
@@ -354,6 +358,7 @@ func (n *node) agentConfig(policy string) (*agentProc, error) {
 		fmt.Fprintf(&b, "\n[cri_keychain]\nenable_keychain = true\naddress = %q\nimage_service_path = %q\n",
 			a.criSocket, filepath.Join(n.dir, "containerd", "containerd.sock"))
 	}
+	fmt.Fprintf(&b, "\n[registry]\nconfig_path = %q\n", n.opts.hostsDir)
 	if len(n.opts.trustKeys) > 0 {
 		fmt.Fprintf(&b, "\n[trust]\npolicy = \"signed\"\nkeys = [%s]\n", strings.Join(quoteAll(n.opts.trustKeys), ", "))
 	}

@@ -40,6 +40,7 @@ type options struct {
 	addr          string
 	notifications string
 	htpasswd      string
+	proxy         string
 }
 
 // Option configures Start.
@@ -61,6 +62,13 @@ func WithNotifications(snippet string) Option { return func(o *options) { o.noti
 // WithHtpasswd makes the registry require the users of the htpasswd file
 // at path (bcrypt), over plain HTTP.
 func WithHtpasswd(path string) Option { return func(o *options) { o.htpasswd = path } }
+
+// WithProxy makes the registry a pull-through cache of the registry at
+// remoteURL (http://HOST:PORT): distribution's proxy.remoteurl. It serves
+// only pulls; a blob it lacks it streams from remoteURL whole (200, any
+// Range ignored) while storing it, and serves from its store (Range
+// honoured) once stored.
+func WithProxy(remoteURL string) Option { return func(o *options) { o.proxy = remoteURL } }
 
 // Start runs docker-registry with its storage, config and logs under dir
 // and waits until it answers /v2/. Starting it again on the same dir keeps
@@ -100,6 +108,9 @@ http:
 `, !o.accessLog, storage, addr)
 	if o.htpasswd != "" {
 		config += fmt.Sprintf("auth:\n  htpasswd:\n    realm: sluice-test\n    path: %s\n", o.htpasswd)
+	}
+	if o.proxy != "" {
+		config += fmt.Sprintf("proxy:\n  remoteurl: %s\n", o.proxy)
 	}
 	config += o.notifications
 	cfgPath := filepath.Join(dir, "registry.yml")
@@ -161,6 +172,12 @@ type Request struct {
 	Method string
 	Path   string // without the query
 	Status int
+	// Bytes is the size of the body sent (what the handler wrote; less
+	// than the blob when the client hung up).
+	Bytes int64
+	// UserAgent is the client's User-Agent ("sluice", "containerd/...",
+	// or Go's default for another registry's proxy).
+	UserAgent string
 }
 
 // Blob returns the repository and digest of a blob request
@@ -180,7 +197,7 @@ func (q Request) Blob() (repo, digest string) {
 func (q Request) String() string { return fmt.Sprintf("%s %s %d", q.Method, q.Path, q.Status) }
 
 // combined matches the request line and status of a combined-log-format line.
-var combined = regexp.MustCompile(`"([A-Z]+) ([^ "?]+)(?:\?[^ "]*)? HTTP/[0-9.]+" ([0-9]{3}) `)
+var combined = regexp.MustCompile(`"([A-Z]+) ([^ "?]+)(?:\?[^ "]*)? HTTP/[0-9.]+" ([0-9]{3}) ([0-9]+|-) "[^"]*" "([^"]*)"`)
 
 // Requests returns the requests the registry has answered, oldest first,
 // from the from-th on: pass the length of an earlier answer to get only
@@ -203,7 +220,8 @@ func (r *Registry) Requests(from int) ([]Request, error) {
 			continue
 		}
 		status, _ := strconv.Atoi(m[3])
-		out = append(out, Request{Method: m[1], Path: m[2], Status: status})
+		size, _ := strconv.ParseInt(m[4], 10, 64) // "-": 0
+		out = append(out, Request{Method: m[1], Path: m[2], Status: status, Bytes: size, UserAgent: m[5]})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
