@@ -14,9 +14,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sluice-project/sluice/imageconv"
 	"github.com/sluice-project/sluice/imageconv/artifact"
 	"github.com/sluice-project/sluice/test/testutil"
@@ -49,25 +46,8 @@ func buildColdImage(b *testing.B) (*coldImage, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return nil, err
-	}
 	ref := host + "/cold/app:v1"
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		return nil, err
-	}
-	if err := remote.Write(r, img); err != nil {
+	if err := pushImage(ref, layer); err != nil {
 		return nil, err
 	}
 	work, err := os.MkdirTemp("", "blockcache-cold-")

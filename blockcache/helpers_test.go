@@ -6,11 +6,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -86,25 +88,8 @@ func buildFixture() (*fixture, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return nil, err
-	}
 	ref := host + "/" + f.repo + ":v1"
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		return nil, err
-	}
-	if err := remote.Write(r, img); err != nil {
+	if err := pushImage(ref, layer); err != nil {
 		return nil, err
 	}
 	work, err := os.MkdirTemp("", "blockcache-fixture-")
@@ -141,10 +126,33 @@ func buildFixture() (*fixture, error) {
 	return f, nil
 }
 
+// pushImage pushes a linux/amd64 image of one layer to ref (plain HTTP).
+func pushImage(ref string, layer v1.Layer) error {
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return err
+	}
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		return err
+	}
+	return remote.Write(r, img)
+}
+
+// tarLayer is a layer of regular files, in name order.
 func tarLayer(files map[string][]byte) (v1.Layer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for _, n := range []string{"etc/hello", "random.bin", "text.txt", "zeros.bin"} {
+	for _, n := range slices.Sorted(maps.Keys(files)) {
 		b := files[n]
 		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(b)), ModTime: time.Unix(1700000000, 0), Typeflag: tar.TypeReg}); err != nil {
 			return nil, err
