@@ -33,7 +33,7 @@ var (
 
 // Store is the on-disk chunk cache, shared by every image: one file per
 // chunk holding its uncompressed bytes, named by the hex sha256 of those
-// bytes, under DIR/ab/cd/ (the first two bytes of the digest). It never
+// bytes, under DIR/ab/ (the first byte of the digest). It never
 // holds more than its bound (file data counted in 4 KiB blocks; temporary
 // files count from before they are written), evicting the least recently
 // used chunks no reader holds.
