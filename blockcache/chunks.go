@@ -26,6 +26,12 @@ type rangeFetcher interface {
 	FetchRange(ctx context.Context, off, n int64) ([]byte, error)
 }
 
+// registryFetcher is the part of RangeFetcher that asks the registry
+// itself, past every mirror.
+type registryFetcher interface {
+	FetchRangeFromRegistry(ctx context.Context, off, n int64) ([]byte, error)
+}
+
 // streamFetcher is the part of RangeFetcher that lets the loader decode
 // and hash chunks while the rest of their range is still arriving.
 type streamFetcher interface {
@@ -287,7 +293,7 @@ func (l *loader) fetchGroup(ctx context.Context, g *fetchGroup) {
 		l.verifyGroup(ctx, g, raw, groupErr)
 		l.store.raws.put(raw)
 	default:
-		raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off)
+		raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off, false)
 		l.verifyGroup(ctx, g, raw, groupErr)
 	}
 	l.store.fetchMem.Release(weight)
@@ -525,8 +531,9 @@ func (l *loader) decodeStream(dec *zstd.Decoder, i int, r io.Reader, out []byte)
 }
 
 // fetchRange waits for a slot at priority fg, then fetches with the fetch
-// timeout (which starts once the slot is had).
-func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64) ([]byte, error) {
+// timeout (which starts once the slot is had); registryOnly asks the
+// registry itself, past any mirror, when the fetcher can.
+func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64, registryOnly bool) ([]byte, error) {
 	release, err := l.sched.acquire(ctx, fg)
 	if err != nil {
 		return nil, fmt.Errorf("waiting to fetch: %w", err)
@@ -534,7 +541,11 @@ func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64) 
 	defer release()
 	ctx, cancel := withTimeout(ctx, l.fetchTimeout)
 	defer cancel()
-	b, err := l.fetch.FetchRange(ctx, off, n)
+	fetch := l.fetch.FetchRange
+	if rf, ok := l.fetch.(registryFetcher); ok && registryOnly {
+		fetch = rf.FetchRangeFromRegistry
+	}
+	b, err := fetch(ctx, off, n)
 	if err != nil {
 		return nil, err
 	}
@@ -554,8 +565,8 @@ func (l *loader) verified(ctx context.Context, g *fetchGroup, c *call, comp []by
 	// The refetch waits for a fetch slot, which a fetch waiting for the
 	// decoded budget may hold: give back what this group holds first.
 	l.flush(g)
-	zerolog.Ctx(ctx).Warn().Err(err).Int("chunk", c.index).Msg("refetching a chunk that failed verification")
-	comp, err = l.fetchRange(ctx, c.fg, int64(ch.Offset), int64(ch.Length))
+	zerolog.Ctx(ctx).Warn().Err(err).Int("chunk", c.index).Msg("refetching a chunk that failed verification, from the registry itself")
+	comp, err = l.fetchRange(ctx, c.fg, int64(ch.Offset), int64(ch.Length), true)
 	if err != nil {
 		return nil, err
 	}

@@ -136,6 +136,17 @@ func (f *RangeFetcher) Stats() FetchStats {
 // errors with backoff until ctx ends or the backoff's attempts run out. A
 // retry asks only for the bytes not yet had.
 func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, error) {
+	return f.fetchRange(ctx, off, n, false)
+}
+
+// FetchRangeFromRegistry is FetchRange from the registry itself, past
+// every mirror: bytes that failed verification are fetched again from
+// there, so that a mirror serving wrong bytes costs a refetch, not a read.
+func (f *RangeFetcher) FetchRangeFromRegistry(ctx context.Context, off, n int64) ([]byte, error) {
+	return f.fetchRange(ctx, off, n, true)
+}
+
+func (f *RangeFetcher) fetchRange(ctx context.Context, off, n int64, registryOnly bool) ([]byte, error) {
 	if off < 0 || n <= 0 || off > f.size-n {
 		return nil, fmt.Errorf("blob %s: range [%d,+%d) outside its %d bytes", f.blob, off, n, f.size)
 	}
@@ -144,6 +155,7 @@ func (f *RangeFetcher) FetchRange(ctx context.Context, off, n int64) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
+	s.registryOnly = registryOnly
 	defer s.close()
 	if err := s.fill(len(b)); err != nil {
 		return nil, err
@@ -164,6 +176,8 @@ type rangeStream struct {
 	off    int64
 	dst    []byte
 	filled int
+
+	registryOnly bool // ask the registry alone, no mirror
 
 	attempts int   // requests made
 	last     error // why the last attempt ended
@@ -299,7 +313,7 @@ func (s *rangeStream) close() {
 func (s *rangeStream) open() error {
 	for i, ep := range s.f.endpoints {
 		last := i == len(s.f.endpoints)-1
-		if !last && ep.cooling() {
+		if !last && (s.registryOnly || ep.cooling()) {
 			continue
 		}
 		answered, err := ep.admit(s.ctx)

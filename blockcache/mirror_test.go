@@ -259,3 +259,26 @@ func TestMirrorProbedFirst(t *testing.T) {
 		})
 	}
 }
+
+// A mirror that serves wrong bytes costs a refetch, not a read: the chunk
+// that fails verification is fetched again from the registry itself, past
+// the mirror, and the read gets the right bytes.
+func TestMirrorServingWrongBytes(t *testing.T) {
+	e := newEnv(t)
+	bad := &faultHandler{next: e.f.reg, blobPath: e.faults.blobPath, flip: -1}
+	hosts := e.hostsFor(t, `
+[host."http://`+testutil.Serve(t, bad)+`"]
+  capabilities = ["pull"]
+`)
+	im := e.open(WithFetchOptions(WithHosts(hosts)))
+	off, n := e.chunkRange(e.f.storedChunk(t, 0))
+	e.read(im, off, n) // fails on wrong bytes
+	badGets, _ := bad.counts()
+	originGets, _ := e.faults.counts()
+	if badGets != 1 || originGets != 1 {
+		t.Errorf("%d GETs at the mirror, %d at the registry; want 1 and 1 (the refetch past the mirror)", badGets, originGets)
+	}
+	if s := im.Stats(); s.ReadErrors != 0 || s.CorruptChunks == 0 {
+		t.Errorf("%d read errors, %d corrupt fetches counted; want 0 and at least 1", s.ReadErrors, s.CorruptChunks)
+	}
+}
