@@ -216,7 +216,10 @@ func (n *node) createContainer(pod, podConfig, name, image string, command ...st
 // crictlRetry is crictl that retries for up to a minute while containerd
 // reports the snapshotter Unavailable: after sluiced restarts, containerd's
 // gRPC client to the proxy snapshotter is in reconnect backoff for a few
-// seconds (kubelet retries likewise).
+// seconds (kubelet retries likewise). containerd says so in two ways: the
+// dial error naming the socket, or, when it reconnects while sluiced is
+// still starting, "timed out waiting for server handshake" (CI saw it once
+// in TestRelayDied).
 func (n *node) crictlRetry(args ...string) string {
 	n.t.Helper()
 	deadline := time.Now().Add(time.Minute)
@@ -225,7 +228,9 @@ func (n *node) crictlRetry(args ...string) string {
 		if err == nil {
 			return strings.TrimSpace(string(out))
 		}
-		if !strings.Contains(err.Error(), "code = Unavailable") || !strings.Contains(err.Error(), "snapshotter.sock") || time.Now().After(deadline) {
+		msg := err.Error()
+		reconnecting := strings.Contains(msg, "snapshotter.sock") || strings.Contains(msg, "waiting for server handshake")
+		if !strings.Contains(msg, "code = Unavailable") || !reconnecting || time.Now().After(deadline) {
 			n.t.Fatal(err)
 		}
 		n.t.Logf("containerd does not reach sluiced yet; retrying: %v", err)
