@@ -295,7 +295,7 @@ func (b *builder) libsh(ctx context.Context, script, include string) (string, er
 	lib := filepath.Join(b.repoRoot, "scripts", "lib.sh")
 	cmd := exec.CommandContext(ctx, "bash", "-c", `set -euo pipefail; source "$LIB"; `+script)
 	cmd.Env = append(os.Environ(), "LIB="+lib, "CACHE="+b.baseDir, "SUITE="+debianSuite, "INCLUDE="+include)
-	cmd.Stderr = zerolog.Ctx(ctx).With().Str("from", "scripts/lib.sh").Logger()
+	cmd.Stderr = infoWriter{zerolog.Ctx(ctx).With().Str("from", "scripts/lib.sh").Logger()}
 	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("scripts/lib.sh: %s: %w", script, err)
@@ -327,4 +327,16 @@ func withTopLayer(img v1.Image, name string) (v1.Image, error) {
 		return nil, err
 	}
 	return mutate.AppendLayers(img, layers...)
+}
+
+// infoWriter logs each write (a line of a command's stderr) at info level.
+type infoWriter struct{ log zerolog.Logger }
+
+func (w infoWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		if line != "" {
+			w.log.Info().Msg(line)
+		}
+	}
+	return len(p), nil
 }

@@ -168,7 +168,9 @@ func (r Row) markdown() string {
 		mib(r.BeforeReady.Bytes), r.BeforeReady.Requests, mib(r.BeforeReady.LayerBytes), total, speedup)
 }
 
-func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+// secs formats d in seconds; a negative d (the ready line stamped before
+// StartContainer returned: the JSON keeps it) shows as 0.
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", max(d, 0).Seconds()) }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
