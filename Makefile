@@ -76,6 +76,14 @@ bench: deps build ## run the benchmarks: bench/convert/run.sh, then bench/fio/ru
 	bench/convert/run.sh
 	bench/fio/run.sh
 
+# Flags of bench/startup, e.g. BENCH_STARTUP_FLAGS="-links all -runs 5" (go run
+# ./bench/startup -help lists them).
+BENCH_STARTUP_FLAGS ?=
+
+.PHONY: bench-startup
+bench-startup: deps ## pod start time through CRI, lazy vs full pull, containerd 1.6 and 2.x: bench/results/startup.md (root; BENCH_STARTUP_FLAGS)
+	$(GO) run ./bench/startup $(BENCH_STARTUP_FLAGS)
+
 .PHONY: bench-vm
 bench-vm: deps ## fio on /dev/nbdN (kernel attacher) vs a loop device, in a QEMU guest: bench/vm/run.sh (~6 min)
 	bench/vm/run.sh

@@ -14,6 +14,14 @@
 #                        a private containerd with sluiced's proxy snapshotter;
 #                        sets CONTAINERD_PID and CONTAINERD_ADDR.
 #   sweep_dir DIR        unmount, detach and stop what is left below DIR.
+#   debian_mirror SUITE  print the Debian mirror apt uses for SUITE
+#                        ($SLUICE_BENCH_MIRROR if set).
+#   bench_base_dir CACHE SUITE INCLUDE
+#                        print the cache dir of a debootstrap base (keyed by
+#                        its inputs), shared by bench/convert and bench/startup.
+#   bench_rootfs_tar DIR SUITE INCLUDE
+#                        build DIR/base-rootfs.tar once: debootstrap
+#                        --variant=minbase --include=INCLUDE SUITE, as a tar.
 
 REGISTRY_PID=""
 REGISTRY_ADDR=""
@@ -205,4 +213,77 @@ sweep_dir() {
 	for pid in $(pids_naming "$dir/"); do
 		kill "$pid" 2>/dev/null || true
 	done
+}
+
+# debian_mirror SUITE: the first Debian mirror URL apt uses for SUITE, or
+# $SLUICE_BENCH_MIRROR when set.
+debian_mirror() {
+	local suite="$1" f
+	if [[ -n "${SLUICE_BENCH_MIRROR:-}" ]]; then
+		echo "$SLUICE_BENCH_MIRROR"
+		return
+	fi
+	{
+		# One-line style: deb [opts] URI SUITE COMPONENTS...
+		for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+			[[ -f "$f" ]] || continue
+			awk -v suite="$suite" '$1 == "deb" {
+				i = 2
+				if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+				if ($(i + 1) == suite) { print $i; exit }
+			}' "$f"
+		done
+		# deb822 style: stanzas with URIs: and Suites:
+		for f in /etc/apt/sources.list.d/*.sources; do
+			[[ -f "$f" ]] || continue
+			awk -v suite="$suite" 'BEGIN { RS = ""; FS = "\n" } {
+				uris = ""; suites = ""; types = ""
+				for (i = 1; i <= NF; i++) {
+					if ($i ~ /^URIs:/) { uris = $i; sub(/^URIs:[ \t]*/, "", uris) }
+					if ($i ~ /^Suites:/) { suites = " " $i " "; sub(/Suites:/, "", suites) }
+					if ($i ~ /^Types:/) { types = $i }
+				}
+				if (types ~ /deb( |$)/ && suites ~ (" " suite " ")) { split(uris, u, " "); print u[1]; exit }
+			}' "$f"
+		done
+	} | head -n1
+}
+
+# Bump when the way a debootstrap base is built changes; the dir name also
+# hashes SUITE and INCLUDE, so stale bases are never reused.
+BENCH_BASE_VERSION=1
+
+# bench_base_dir CACHE SUITE INCLUDE: the cache dir of the debootstrap base
+# with these inputs (CACHE/vN-HASH; it may not exist yet).
+bench_base_dir() {
+	echo "$1/v$BENCH_BASE_VERSION-$(echo "$2 $3" | sha256sum | cut -c1-12)"
+}
+
+# bench_rootfs_tar DIR SUITE INCLUDE: build DIR/base-rootfs.tar unless it is
+# there: debootstrap --variant=minbase --include=INCLUDE SUITE from the
+# machine's Debian mirror, without device nodes, apt lists or caches (like
+# published base images), as a reproducible tar. Progress goes to stderr.
+bench_rootfs_tar() {
+	local dir="$1" suite="$2" include="$3"
+	local tar="$dir/base-rootfs.tar" mirror build top t0=$SECONDS
+	[[ -s "$tar" ]] && return 0
+	mkdir -p "$dir"
+	mirror="$(debian_mirror "$suite")"
+	[[ -n "$mirror" ]] || die "no Debian mirror for $suite in /etc/apt/sources.list*; set SLUICE_BENCH_MIRROR"
+	build="$dir/rootfs.build"
+	rm -rf "$build"
+	log "debootstrap --variant=minbase --include=$include $suite from $mirror (once; cached in $dir)" >&2
+	if ! debootstrap --variant=minbase --include="$include" "$suite" "$build" "$mirror" >"$dir/debootstrap.log" 2>&1; then
+		tail -n 30 "$dir/debootstrap.log" >&2
+		die "debootstrap failed (log: $dir/debootstrap.log)"
+	fi
+	find "$build/dev" -mindepth 1 -delete
+	rm -rf "$build"/var/lib/apt/lists/* "$build"/var/cache/apt/*.bin "$build"/var/cache/apt/archives/*.deb
+	mapfile -t top < <(ls -A "$build")
+	tar --sort=name --numeric-owner --xattrs --xattrs-include='*' --format=pax \
+		--pax-option=delete=atime,delete=ctime \
+		-C "$build" -cf "$tar.tmp" "${top[@]}"
+	mv "$tar.tmp" "$tar"
+	rm -rf "$build"
+	log "base rootfs ready in $((SECONDS - t0)) s: $(du -h --apparent-size "$tar" | cut -f1)" >&2
 }

@@ -51,9 +51,8 @@ SUITE=bookworm
 # python3 alone gives only ~155 MiB; pip, numpy and git bring a typical
 # Python application base to ~300 MiB.
 INCLUDE=python3,python3-pip,python3-venv,python3-numpy,git,ca-certificates,openssl
-# Bump when the way inputs are built changes; the cache dir name also hashes
-# SUITE and INCLUDE, so stale inputs are never reused.
-CACHE_VERSION=1
+# The cache dir name hashes SUITE and INCLUDE and the build recipe's version
+# (scripts/lib.sh: bench_base_dir), so stale inputs are never reused.
 TARGET_TIME_RATIO=1.0
 TARGET_RSS_MIB=256
 
@@ -75,70 +74,13 @@ done
 [[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) not found: run scripts/install-deps.sh"
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer"
 
-# debian_mirror prints the first Debian mirror URL apt uses for $SUITE.
-debian_mirror() {
-	if [[ -n "${SLUICE_BENCH_MIRROR:-}" ]]; then
-		echo "$SLUICE_BENCH_MIRROR"
-		return
-	fi
-	local f
-	{
-		# One-line style: deb [opts] URI SUITE COMPONENTS...
-		for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-			[[ -f "$f" ]] || continue
-			awk -v suite="$SUITE" '$1 == "deb" {
-				i = 2
-				if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-				if ($(i + 1) == suite) { print $i; exit }
-			}' "$f"
-		done
-		# deb822 style: stanzas with URIs: and Suites:
-		for f in /etc/apt/sources.list.d/*.sources; do
-			[[ -f "$f" ]] || continue
-			awk -v suite="$SUITE" 'BEGIN { RS = ""; FS = "\n" } {
-				uris = ""; suites = ""; types = ""
-				for (i = 1; i <= NF; i++) {
-					if ($i ~ /^URIs:/) { uris = $i; sub(/^URIs:[ \t]*/, "", uris) }
-					if ($i ~ /^Suites:/) { suites = " " $i " "; sub(/Suites:/, "", suites) }
-					if ($i ~ /^Types:/) { types = $i }
-				}
-				if (types ~ /deb( |$)/ && suites ~ (" " suite " ")) { split(uris, u, " "); print u[1]; exit }
-			}' "$f"
-		done
-	} | head -n1
-}
-
-cache_dir="$CACHE/v$CACHE_VERSION-$(echo "$SUITE $INCLUDE" | sha256sum | cut -c1-12)"
+cache_dir="$(bench_base_dir "$CACHE" "$SUITE" "$INCLUDE")"
 rootfs_tar="$cache_dir/base-rootfs.tar"
 layout="$cache_dir/oci"
 mkdir -p "$cache_dir"
 
 # --- inputs (cached) ---------------------------------------------------------
-build_rootfs_tar() {
-	[[ -s "$rootfs_tar" ]] && return
-	local mirror build
-	mirror="$(debian_mirror)"
-	[[ -n "$mirror" ]] || die "no Debian mirror for $SUITE in /etc/apt/sources.list*; set SLUICE_BENCH_MIRROR"
-	build="$cache_dir/rootfs.build"
-	rm -rf "$build"
-	log "debootstrap --variant=minbase --include=$INCLUDE $SUITE from $mirror (once; cached in $cache_dir)"
-	local t0=$SECONDS
-	if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$build" "$mirror" >"$cache_dir/debootstrap.log" 2>&1; then
-		tail -n 30 "$cache_dir/debootstrap.log" >&2
-		die "debootstrap failed (log: $cache_dir/debootstrap.log)"
-	fi
-	# Like published base images: no device nodes, no apt lists or caches.
-	find "$build/dev" -mindepth 1 -delete
-	rm -rf "$build"/var/lib/apt/lists/* "$build"/var/cache/apt/*.bin "$build"/var/cache/apt/archives/*.deb
-	local top
-	mapfile -t top < <(ls -A "$build")
-	tar --sort=name --numeric-owner --xattrs --xattrs-include='*' --format=pax \
-		--pax-option=delete=atime,delete=ctime \
-		-C "$build" -cf "$rootfs_tar.tmp" "${top[@]}"
-	mv "$rootfs_tar.tmp" "$rootfs_tar"
-	rm -rf "$build"
-	log "base rootfs ready in $((SECONDS - t0)) s: $(du -h --apparent-size "$rootfs_tar" | cut -f1)"
-}
+build_rootfs_tar() { bench_rootfs_tar "$cache_dir" "$SUITE" "$INCLUDE"; }
 
 # build_app_tar OUT: the app layer, derived from the base rootfs so it is the
 # same on every machine (only model.bin is random; the image is cached).

@@ -1,0 +1,219 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sluice-project/sluice/test/testenv"
+)
+
+// Mode is how a node gets an image's root filesystem.
+type Mode string
+
+const (
+	// Full is containerd's overlayfs snapshotter with a full pull: the
+	// baseline.
+	Full Mode = "full"
+	// Lazy is sluiced as containerd's proxy snapshotter with its default
+	// config.
+	Lazy Mode = "lazy"
+	// Profile is sluiced replaying the image's prefetch profile. Not
+	// measured yet: it waits on issue 16 (record-and-replay prefetch).
+	Profile Mode = "profile"
+)
+
+// Modes are every mode, in report order.
+var Modes = []Mode{Full, Lazy, Profile}
+
+// ProfileWaits is what the report says in the Profile mode's rows.
+const ProfileWaits = "waits on issue 16 (record-and-replay prefetch)"
+
+// ParseModes parses a comma-separated list of modes.
+func ParseModes(s string) ([]Mode, error) {
+	var out []Mode
+	for _, f := range strings.Split(s, ",") {
+		m := Mode(strings.TrimSpace(f))
+		if !slices.Contains(Modes, m) {
+			return nil, fmt.Errorf("mode %q: want full, lazy or profile", m)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// NodeState is what the node ran before the measured pod.
+type NodeState string
+
+const (
+	// Fresh: nothing; a new node.
+	Fresh NodeState = "fresh"
+	// SharedBase: another image with the same base (the image plus
+	// another small top layer) ran to its ready line first, and, in the
+	// lazy modes, its background fetch completed: the common case in a
+	// cluster. The measured image is then the image plus its own small
+	// top layer, so that a full pull has a layer left to fetch.
+	SharedBase NodeState = "shared-base"
+)
+
+// NodeStates are every node state, in report order.
+var NodeStates = []NodeState{Fresh, SharedBase}
+
+// ParseStates parses a comma-separated list of node states.
+func ParseStates(s string) ([]NodeState, error) {
+	var out []NodeState
+	for _, f := range strings.Split(s, ",") {
+		st := NodeState(strings.TrimSpace(f))
+		if !slices.Contains(NodeStates, st) {
+			return nil, fmt.Errorf("node state %q: want fresh or shared-base", st)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Link is how the node reaches the registry: the throttle proxy's
+// bandwidth and round-trip time.
+type Link struct {
+	Name          string
+	BitsPerSecond int64
+	RTT           time.Duration
+}
+
+// bandwidthFlag is throttleproxy's --bandwidth: bytes per second.
+func (l Link) bandwidthFlag() string { return fmt.Sprint(l.BitsPerSecond / 8) }
+
+func (l Link) String() string {
+	bw := fmt.Sprintf("%d Mbit/s", l.BitsPerSecond/1e6)
+	if l.BitsPerSecond >= 1e9 && l.BitsPerSecond%1e9 == 0 {
+		bw = fmt.Sprintf("%d Gbit/s", l.BitsPerSecond/1e9)
+	}
+	return fmt.Sprintf("%s, %s RTT", bw, l.RTT)
+}
+
+// Links are the link profiles of the whole matrix.
+var Links = []Link{
+	{"100M-2ms", 100e6, 2 * time.Millisecond},
+	{"100M-20ms", 100e6, 20 * time.Millisecond},
+	{"1G-2ms", 1e9, 2 * time.Millisecond},
+	{"1G-20ms", 1e9, 20 * time.Millisecond},
+}
+
+// DefaultLinks are the names of the links a default run measures: the
+// slow link with a far registry, and the fast link with a near one.
+var DefaultLinks = []string{"100M-20ms", "1G-2ms"}
+
+// ParseLinks parses "default", "all" or a comma-separated list of link
+// names.
+func ParseLinks(s string) ([]Link, error) {
+	var names []string
+	switch s {
+	case "default":
+		names = DefaultLinks
+	case "all":
+		return slices.Clone(Links), nil
+	default:
+		names = strings.Split(s, ",")
+	}
+	var out []Link
+	for _, n := range names {
+		i := slices.IndexFunc(Links, func(l Link) bool { return l.Name == strings.TrimSpace(n) })
+		if i < 0 {
+			return nil, fmt.Errorf("link %q: want one of %s", n, strings.Join(linkNames(), ", "))
+		}
+		out = append(out, Links[i])
+	}
+	return out, nil
+}
+
+func linkNames() []string {
+	var n []string
+	for _, l := range Links {
+		n = append(n, l.Name)
+	}
+	return n
+}
+
+// ParseContainerds parses a comma-separated list of "1.6" and "2".
+func ParseContainerds(s string) ([]testenv.ContainerdVersion, error) {
+	var out []testenv.ContainerdVersion
+	for _, f := range strings.Split(s, ",") {
+		switch strings.TrimSpace(f) {
+		case "1.6":
+			out = append(out, testenv.Containerd16)
+		case "2":
+			out = append(out, testenv.Containerd2)
+		default:
+			return nil, fmt.Errorf("containerd %q: want 1.6 or 2", f)
+		}
+	}
+	return out, nil
+}
+
+// Config says what to measure and where.
+type Config struct {
+	// Images are recipe names (see Recipes), in report order.
+	Images []string
+	// Modes to measure; Profile gets a row saying what it waits on.
+	Modes []Mode
+	// States are the node states to measure each image in (default:
+	// Fresh only).
+	States []NodeState
+	// Containerds are the containerd versions to run.
+	Containerds []testenv.ContainerdVersion
+	// Links are the link profiles.
+	Links []Link
+	// Runs is the number of cold runs of each image, mode, containerd
+	// and link; the report gives their median.
+	Runs int
+	// Binaries are sluice, sluiced and throttleproxy (see Build).
+	Binaries Binaries
+	// WorkDir holds every node's state and the registry's storage; it
+	// must exist and is left empty.
+	WorkDir string
+	// CacheDir holds the images built, keyed by their inputs, between
+	// runs (such as /var/cache/sluice-bench).
+	CacheDir string
+	// RepoRoot is the repository, for scripts/lib.sh.
+	RepoRoot string
+	// DropCaches drops the page cache (sync; echo 3 >
+	// /proc/sys/vm/drop_caches) before each run. The smoke test leaves
+	// it off: it runs beside other tests.
+	DropCaches bool
+	// ReadyTimeout bounds one run from pull to ready line (default 5 min).
+	ReadyTimeout time.Duration
+	// BackgroundTimeout bounds the wait for sluiced's background fetch
+	// to finish after ready (default 10 min); past it the total is
+	// reported unknown.
+	BackgroundTimeout time.Duration
+}
+
+func (c *Config) check() error {
+	switch {
+	case len(c.Images) == 0, len(c.Modes) == 0, len(c.Containerds) == 0, len(c.Links) == 0:
+		return errors.New("config: images, modes, containerds and links may not be empty")
+	case c.Runs < 1:
+		return fmt.Errorf("config: runs = %d, want at least 1", c.Runs)
+	case c.WorkDir == "", c.CacheDir == "", c.RepoRoot == "":
+		return errors.New("config: work dir, cache dir and repository root are required")
+	case c.Binaries.Sluice == "" || c.Binaries.Sluiced == "" || c.Binaries.ThrottleProxy == "":
+		return errors.New("config: binaries not set (see Build)")
+	}
+	for _, name := range c.Images {
+		if _, ok := recipeByName(name); !ok {
+			return fmt.Errorf("config: image %q: want one of %s", name, strings.Join(RecipeNames(), ", "))
+		}
+	}
+	if len(c.States) == 0 {
+		c.States = []NodeState{Fresh}
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = 5 * time.Minute
+	}
+	if c.BackgroundTimeout == 0 {
+		c.BackgroundTimeout = 10 * time.Minute
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package harness
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-project/sluice/test/testenv"
+	"github.com/sluice-project/sluice/test/testutil"
+)
+
+// TestSmoke runs the harness end to end as `make bench-startup` does, on
+// the smallest matrix: busybox, one cold run of each mode, containerd 1.6,
+// one link, page cache left alone. It checks what the numbers rest on: the
+// full pull fetched the image's layer through the proxy, the lazy start
+// fetched no layer blob yet read chunks (sluiced counted them) and its
+// background fetch completed the image, both reached the ready line, and
+// the report has their rows and the profile row.
+func TestSmoke(t *testing.T) {
+	images := []string{"busybox"}
+	testutil.Require(t, testutil.Root, testutil.Tool(Tools(images)...), testutil.Device("/dev/fuse"), testutil.Loop)
+	ctx := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).WithContext(context.Background())
+	work := t.TempDir()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := RepoRoot(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins, err := Build(ctx, filepath.Join(work, "bin"), raceBuild)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, err := ParseLinks("1G-2ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Images:      images,
+		Modes:       []Mode{Full, Lazy, Profile},
+		Containerds: []testenv.ContainerdVersion{testenv.Containerd16},
+		Links:       links,
+		Runs:        1,
+		Binaries:    bins,
+		WorkDir:     filepath.Join(work, "state"),
+		CacheDir:    filepath.Join(work, "cache"),
+		RepoRoot:    root,
+	}
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Images) != 1 || rep.Images[0].LayerBytes <= 0 || rep.Images[0].Artifact == "" {
+		t.Fatalf("images: %+v", rep.Images)
+	}
+	layerBytes := rep.Images[0].LayerBytes
+	got := map[Mode]Sample{}
+	for _, s := range rep.Samples {
+		if s.Err != "" {
+			t.Errorf("%s run failed: %s", s.Mode, s.Err)
+			continue
+		}
+		got[s.Mode] = s
+		if s.Ready <= 0 || s.Ready < s.Pull {
+			t.Errorf("%s: ready after %v, pull took %v", s.Mode, s.Ready, s.Pull)
+		}
+		if s.BeforeReady.Requests <= 0 {
+			t.Errorf("%s: no request went through the proxy before ready", s.Mode)
+		}
+	}
+	if len(rep.Samples) != 2 {
+		t.Errorf("%d samples, want 2 (full and lazy; profile is not measured)", len(rep.Samples))
+	}
+	if t.Failed() {
+		return
+	}
+	full, lazy := got[Full], got[Lazy]
+	if full.BeforeReady.LayerBytes < layerBytes {
+		t.Errorf("full pull fetched %d bytes of the layer before ready, the layer is %d", full.BeforeReady.LayerBytes, layerBytes)
+	}
+	if lazy.BeforeReady.LayerBytes != 0 {
+		t.Errorf("lazy start fetched %d bytes of layer blobs; it should stream the artifact instead", lazy.BeforeReady.LayerBytes)
+	}
+	if lazy.AgentFetched <= 0 {
+		t.Errorf("sluiced fetched %d bytes by the ready line; the container read nothing through it?", lazy.AgentFetched)
+	}
+	if lazy.Total == nil || lazy.Total.Bytes < lazy.BeforeReady.Bytes {
+		t.Errorf("lazy start: total %+v after the background fetch, %+v before ready", lazy.Total, lazy.BeforeReady)
+	}
+	var md strings.Builder
+	if err := rep.Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| busybox | fresh | containerd1.6 | full |", "| busybox | fresh | containerd1.6 | lazy |", "| busybox | fresh | containerd1.6 | profile | " + ProfileWaits} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, md.String())
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", md.String())
+	}
+}
