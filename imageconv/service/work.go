@@ -76,9 +76,8 @@ func (s *Service) run(ctx context.Context, j *job) {
 		log.Warn().Err(out.err).Str("reason", out.reason).Int("attempt", j.Attempts).Dur("retry_in", delay).Msg("conversion will be retried")
 		return
 	}
-	if err := s.queue.finish(j); err != nil {
-		log.Error().Err(err).Msg("removing the finished job from the queue (it runs again at the next start)")
-	}
+	// The outcome is counted and logged before the job leaves the queue:
+	// whoever sees the queue idle (a test, /healthz) sees the outcome too.
 	s.metrics.conversions.WithLabelValues(out.outcome, out.reason).Inc()
 	switch out.outcome {
 	case outcomeConverted:
@@ -101,6 +100,9 @@ func (s *Service) run(ctx context.Context, j *job) {
 		log.Warn().Err(out.err).Str("reason", out.reason).Msg("refused")
 	default:
 		log.Error().Err(out.err).Str("reason", out.reason).Int("attempts", j.Attempts+1).Msg("conversion failed")
+	}
+	if err := s.queue.finish(j); err != nil {
+		log.Error().Err(err).Msg("removing the finished job from the queue (it runs again at the next start)")
 	}
 }
 
