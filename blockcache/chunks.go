@@ -84,8 +84,20 @@ type fetchGroup struct {
 	off, end int64
 	calls    []*call
 	fg       atomic.Bool
+	yield    bool // a background fetch that waits for the quiet window (see scheduler)
 	stored   bool // verifyGroup stored each chunk as it verified it
 }
+
+// priority is what a load is for: a read waiting (foreground), the
+// profile's prefetch (background), or the pass over the whole image
+// (backgroundYielding: background, and only once the link is quiet).
+type priority int
+
+const (
+	background priority = iota
+	foreground
+	backgroundYielding
+)
 
 func newDecoder(chunkSize int64) (*zstd.Decoder, error) {
 	// Cap decoding at the chunk size: a hostile blob cannot make us
@@ -94,9 +106,10 @@ func newDecoder(chunkSize int64) (*zstd.Decoder, error) {
 }
 
 // load returns the bytes of chunks idxs (nil for zero chunks), fetching the
-// missing ones at foreground or background priority. misses counts the
-// chunks that were not in the store.
-func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, misses int, err error) {
+// missing ones at priority p. misses counts the chunks that were not in the
+// store.
+func (l *loader) load(ctx context.Context, idxs []int, p priority) (out [][]byte, misses int, err error) {
+	fg := p == foreground
 	out = make([][]byte, len(idxs))
 	var need []int // positions in idxs
 	for k, i := range idxs {
@@ -117,7 +130,7 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 	// A fetch joined late may fail on its own deadline while this read
 	// still has time: then start another.
 	for len(need) > 0 {
-		calls, groups, err := l.start(ctx, idxs, need, fg)
+		calls, groups, err := l.start(ctx, idxs, need, p)
 		if err != nil {
 			return nil, misses, err
 		}
@@ -168,7 +181,8 @@ func (l *loader) load(ctx context.Context, idxs []int, fg bool) (out [][]byte, m
 
 // start joins fetches in flight and sets up new ones for the rest, which
 // the caller launches.
-func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]byte]*call, []*fetchGroup, error) {
+func (l *loader) start(ctx context.Context, idxs, need []int, p priority) (map[[32]byte]*call, []*fetchGroup, error) {
+	fg := p == foreground
 	calls := make(map[[32]byte]*call, len(need))
 	var owned []*call
 	l.mu.Lock()
@@ -201,7 +215,7 @@ func (l *loader) start(ctx context.Context, idxs, need []int, fg bool) (map[[32]
 		calls[d] = c
 		owned = append(owned, c)
 	}
-	groups := l.group(owned, fg)
+	groups := l.group(owned, p)
 	l.wg.Add(len(groups))
 	l.mu.Unlock()
 	if promote {
@@ -224,7 +238,7 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 
 // group coalesces calls whose chunks are adjacent in the data blob into
 // runs of at most maxRange bytes.
-func (l *loader) group(owned []*call, fg bool) []*fetchGroup {
+func (l *loader) group(owned []*call, p priority) []*fetchGroup {
 	slices.SortFunc(owned, func(a, b *call) int {
 		return cmp.Compare(l.ix.Chunks[a.index].Offset, l.ix.Chunks[b.index].Offset)
 	})
@@ -235,7 +249,8 @@ func (l *loader) group(owned []*call, fg bool) []*fetchGroup {
 		off, end := int64(ch.Offset), int64(ch.Offset)+int64(ch.Length)
 		if g == nil || off != g.end || end-g.off > l.maxRange {
 			g = &fetchGroup{off: off, end: off}
-			g.fg.Store(fg)
+			g.fg.Store(p == foreground)
+			g.yield = p == backgroundYielding
 			groups = append(groups, g)
 		}
 		g.end = end
@@ -289,11 +304,11 @@ func (l *loader) fetchGroup(ctx context.Context, g *fetchGroup) {
 		l.store.raws.put(raw)
 	case ok:
 		raw := l.store.raws.get(int(g.end - g.off))
-		groupErr := l.fetchInto(ctx, &g.fg, sf, g.off, raw)
+		groupErr := l.fetchInto(ctx, g, sf, g.off, raw)
 		l.verifyGroup(ctx, g, raw, groupErr)
 		l.store.raws.put(raw)
 	default:
-		raw, groupErr := l.fetchRange(ctx, &g.fg, g.off, g.end-g.off, false)
+		raw, groupErr := l.fetchRange(ctx, g, g.off, g.end-g.off, false)
 		l.verifyGroup(ctx, g, raw, groupErr)
 	}
 	l.store.fetchMem.Release(weight)
@@ -371,7 +386,7 @@ func (l *loader) flush(g *fetchGroup) {
 // bytes all came but do not verify goes through verified (one refetch of
 // it alone, once this fetch has ended), as without streaming.
 func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetcher, dec *zstd.Decoder, raw []byte) {
-	release, err := l.sched.acquire(ctx, &g.fg)
+	release, err := l.sched.acquire(ctx, &g.fg, g.yield)
 	if err != nil {
 		for _, c := range g.calls {
 			l.wake(c, nil, fmt.Errorf("waiting to fetch: %w", err))
@@ -446,8 +461,8 @@ func (l *loader) runStreaming(ctx context.Context, g *fetchGroup, sf streamFetch
 }
 
 // fetchInto is fetchRange into dst, a buffer of the store's pool.
-func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetcher, off int64, dst []byte) error {
-	release, err := l.sched.acquire(ctx, fg)
+func (l *loader) fetchInto(ctx context.Context, g *fetchGroup, sf streamFetcher, off int64, dst []byte) error {
+	release, err := l.sched.acquire(ctx, &g.fg, g.yield)
 	if err != nil {
 		return fmt.Errorf("waiting to fetch: %w", err)
 	}
@@ -462,7 +477,7 @@ func (l *loader) fetchInto(ctx context.Context, fg *atomic.Bool, sf streamFetche
 	if err := s.fill(len(dst)); err != nil {
 		return err
 	}
-	l.countFetch(fg, int64(len(dst)))
+	l.countFetch(&g.fg, int64(len(dst)))
 	return nil
 }
 
@@ -530,11 +545,11 @@ func (l *loader) decodeStream(dec *zstd.Decoder, i int, r io.Reader, out []byte)
 	return data, nil
 }
 
-// fetchRange waits for a slot at priority fg, then fetches with the fetch
+// fetchRange waits for a slot at g's priority, then fetches with the fetch
 // timeout (which starts once the slot is had); registryOnly asks the
 // registry itself, past any mirror, when the fetcher can.
-func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64, registryOnly bool) ([]byte, error) {
-	release, err := l.sched.acquire(ctx, fg)
+func (l *loader) fetchRange(ctx context.Context, g *fetchGroup, off, n int64, registryOnly bool) ([]byte, error) {
+	release, err := l.sched.acquire(ctx, &g.fg, g.yield)
 	if err != nil {
 		return nil, fmt.Errorf("waiting to fetch: %w", err)
 	}
@@ -549,7 +564,7 @@ func (l *loader) fetchRange(ctx context.Context, fg *atomic.Bool, off, n int64, 
 	if err != nil {
 		return nil, err
 	}
-	l.countFetch(fg, n)
+	l.countFetch(&g.fg, n)
 	return b, nil
 }
 
@@ -566,7 +581,7 @@ func (l *loader) verified(ctx context.Context, g *fetchGroup, c *call, comp []by
 	// decoded budget may hold: give back what this group holds first.
 	l.flush(g)
 	zerolog.Ctx(ctx).Warn().Err(err).Int("chunk", c.index).Msg("refetching a chunk that failed verification, from the registry itself")
-	comp, err = l.fetchRange(ctx, c.fg, int64(ch.Offset), int64(ch.Length), true)
+	comp, err = l.fetchRange(ctx, g, int64(ch.Offset), int64(ch.Length), true)
 	if err != nil {
 		return nil, err
 	}

@@ -26,4 +26,12 @@ const (
 	// DefaultBackgroundRate is the pace of background fetch, in bytes of
 	// compressed data per second (WithBackgroundRate).
 	DefaultBackgroundRate = 50 << 20
+	// DefaultBackgroundQuiet is how long reads must have stopped faulting
+	// before the background fetch of every chunk starts a range request
+	// (WithBackgroundQuiet). A starting container's faults come in bursts
+	// separated by its own work, mostly well under a second apart; a
+	// background range of DefaultMaxRange (4 MiB) holds a 100 Mbit/s link
+	// for about a third of a second, which a fault arriving behind it
+	// waits out.
+	DefaultBackgroundQuiet = time.Second
 )

@@ -19,7 +19,9 @@
 //   - fault: a read that needs at least one chunk the store does not have.
 //   - foreground: fetches a read waits for; background: prefetch of a
 //     profile's chunks and then of the rest of the image, which always
-//     yields to foreground fetches.
+//     yields to foreground fetches; the rest of the image also yields the
+//     registry link: none of its range requests starts until reads have
+//     stopped faulting for a quiet window (WithBackgroundQuiet).
 //   - profile: the chunks a recorded start read, in order (see artifact.Profile).
 //
 // The layers, one per file, each adding one thing:

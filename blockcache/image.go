@@ -83,7 +83,7 @@ func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Opt
 	}
 	im.loader = &loader{
 		ix: im.ix, fetch: fetch, store: store, dec: dec,
-		sched:    newScheduler(cfg.concurrency, 1),
+		sched:    newScheduler(cfg.concurrency, 1, cfg.quiet),
 		maxRange: cfg.maxRange, fetchTimeout: cfg.readTimeout,
 		stats: im.stats, base: base, inflight: map[[32]byte]*call{},
 	}
@@ -146,7 +146,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	start := time.Now()
 	ctx, cancel := withTimeout(im.loader.base, im.cfg.readTimeout)
 	defer cancel()
-	data, misses, err := im.loader.load(ctx, idxs, true)
+	data, misses, err := im.loader.load(ctx, idxs, foreground)
 	im.stats.hits.Add(int64(nonZero - misses))
 	im.stats.misses.Add(int64(misses))
 	if misses > 0 {
@@ -318,19 +318,20 @@ func (im *Image) Recorded() artifact.Profile {
 func (im *Image) Stats() Stats {
 	s := Stats{
 		ImageSize: im.ix.ImageSize, DataSize: im.ix.DataSize,
-		ChunksTotal:     len(im.ix.Chunks),
-		BytesFetched:    im.stats.bytesFetched.Load(),
-		BackgroundBytes: im.stats.backgroundBytes.Load(),
-		Fetches:         im.stats.fetches.Load(),
-		Fetcher:         im.fetcher.Stats(),
-		CacheHits:       im.stats.hits.Load(),
-		CacheMisses:     im.stats.misses.Load(),
-		CorruptChunks:   im.stats.corrupt.Load(),
-		Reads:           im.stats.reads.Load(),
-		ReadErrors:      im.stats.readErrors.Load(),
-		Timeouts:        im.stats.timeouts.Load(),
-		FaultLatency:    im.stats.faultLatency.snapshot(),
-		BackgroundDone:  im.stats.backgroundDone.Load(),
+		ChunksTotal:      len(im.ix.Chunks),
+		BytesFetched:     im.stats.bytesFetched.Load(),
+		BackgroundBytes:  im.stats.backgroundBytes.Load(),
+		Fetches:          im.stats.fetches.Load(),
+		Fetcher:          im.fetcher.Stats(),
+		CacheHits:        im.stats.hits.Load(),
+		CacheMisses:      im.stats.misses.Load(),
+		CorruptChunks:    im.stats.corrupt.Load(),
+		Reads:            im.stats.reads.Load(),
+		ReadErrors:       im.stats.readErrors.Load(),
+		Timeouts:         im.stats.timeouts.Load(),
+		FaultLatency:     im.stats.faultLatency.snapshot(),
+		BackgroundDone:   im.stats.backgroundDone.Load(),
+		BackgroundYields: im.loader.sched.yields.Load(),
 	}
 	for _, c := range im.ix.Chunks {
 		switch {

@@ -16,6 +16,7 @@ type imageConfig struct {
 	profile          *artifact.Profile
 	artifactProfile  bool
 	rate             int64
+	quiet            time.Duration
 	burst            int64
 	record           bool
 	fetchOpts        []FetchOption
@@ -30,6 +31,7 @@ func defaultImageConfig() imageConfig {
 		maxRange:        DefaultMaxRange,
 		artifactProfile: true,
 		rate:            DefaultBackgroundRate,
+		quiet:           DefaultBackgroundQuiet,
 	}
 }
 
@@ -58,10 +60,25 @@ func WithArtifactProfile(on bool) Option { return func(c *imageConfig) { c.artif
 // WithBackgroundRate fetches every chunk not yet cached in the background,
 // after the profile, at bytesPerSecond of compressed data with bursts of one
 // range (default DefaultBackgroundRate; 0: no background fetch beyond the
-// profile). Background fetches always yield to reads.
+// profile). Background fetches always yield to reads, and this one also
+// yields the link (WithBackgroundQuiet).
 func WithBackgroundRate(bytesPerSecond int64) Option {
 	return func(c *imageConfig) { c.rate = bytesPerSecond }
 }
+
+// WithBackgroundQuiet makes the background fetch of every chunk
+// (WithBackgroundRate; not the profile's prefetch) yield the link to reads
+// (default DefaultBackgroundQuiet; 0: yield only the fetch slots). It starts
+// no range request until no read has faulted, and no fault fetch has
+// started or ended, for d, counting from Open: while a container starts
+// and faults, the registry link is its reads' alone, save for at most one
+// background range already in flight when a fault comes (it is not
+// cancelled: that would throw away the bytes it has, and its connection).
+// Once faults have stopped for d, the fetch resumes at once at its full
+// rate, the token bucket having refilled to its burst meanwhile. A read
+// that keeps faulting more often than every d holds the background fetch
+// back as long as it does; its own chunks are fetched by its reads.
+func WithBackgroundQuiet(d time.Duration) Option { return func(c *imageConfig) { c.quiet = max(d, 0) } }
 
 // WithRecording records the order in which reads first touch chunks,
 // for Recorded (default off: a read then takes no lock for it).

@@ -19,7 +19,9 @@ var passBackoff = Backoff{Initial: time.Second, Max: time.Minute, Factor: 2, Jit
 
 // prefetch fetches the profile's chunks, unthrottled, then, with a
 // background rate, every other chunk through the token bucket. All of it
-// runs at background priority, so reads always go first.
+// runs at background priority, so reads always go first; the pass over
+// every chunk also yields the link while reads fault (WithBackgroundQuiet):
+// the profile is what a starting container reads, so it does not wait.
 func (im *Image) prefetch(ctx context.Context) {
 	defer im.bg.Done()
 	log := zerolog.Ctx(ctx).With().Str("artifact", im.art.Descriptor.Digest.String()).Logger()
@@ -56,11 +58,16 @@ func (im *Image) prefetch(ctx context.Context) {
 // fetchAll fetches the chunks of order that are not cached, in that order,
 // coalescing runs adjacent in the data blob, through lim if not nil.
 // Failed chunks are retried in later passes; corrupt ones are left to
-// reads. It returns whether every chunk was fetched or found cached (a
+// reads. Through lim, chunks are fetched at yielding priority (see
+// scheduler). It returns whether every chunk was fetched or found cached (a
 // corrupt one left to reads counts as done).
 func (im *Image) fetchAll(ctx context.Context, order []int, lim *tokenBucket) bool {
 	log := zerolog.Ctx(ctx)
 	pending := order
+	prio := background
+	if lim != nil {
+		prio = backgroundYielding
+	}
 	for pass := 0; len(pending) > 0; pass++ {
 		if pass == passBackoff.Attempts {
 			log.Warn().Int("chunks", len(pending)).Msg("background fetch gave up; reads will fetch what is left")
@@ -81,7 +88,7 @@ func (im *Image) fetchAll(ctx context.Context, order []int, lim *tokenBucket) bo
 			if lim != nil && lim.wait(ctx, bytes) != nil {
 				return false
 			}
-			if _, _, err := im.loader.load(ctx, group, false); err != nil {
+			if _, _, err := im.loader.load(ctx, group, prio); err != nil {
 				if ctx.Err() != nil {
 					return false
 				}

@@ -157,16 +157,16 @@ func TestTokenBucketAccounting(t *testing.T) {
 }
 
 func TestSchedulerForegroundFirst(t *testing.T) {
-	s := newScheduler(2, 1)
+	s := newScheduler(2, 1, 0)
 	ctx := context.Background()
 	var fg, bg atomic.Bool
 	fg.Store(true)
-	rel1, _ := s.acquire(ctx, &fg)
-	rel2, _ := s.acquire(ctx, &fg)
+	rel1, _ := s.acquire(ctx, &fg, false)
+	rel2, _ := s.acquire(ctx, &fg, false)
 	got := make(chan string, 3)
-	go func() { r, _ := s.acquire(ctx, &bg); got <- "bg"; r() }()
+	go func() { r, _ := s.acquire(ctx, &bg, false); got <- "bg"; r() }()
 	go func() {
-		r, _ := s.acquire(ctx, &fg)
+		r, _ := s.acquire(ctx, &fg, false)
 		got <- "fg"
 		time.Sleep(10 * time.Millisecond)
 		r()
@@ -184,9 +184,9 @@ func TestSchedulerForegroundFirst(t *testing.T) {
 	// A waiting background fetch promoted to foreground goes ahead of
 	// the foreground-free rule.
 	var p atomic.Bool
-	hold, _ := s.acquire(ctx, &fg)
+	hold, _ := s.acquire(ctx, &fg, false)
 	done := make(chan struct{})
-	go func() { r, _ := s.acquire(ctx, &p); close(done); r() }()
+	go func() { r, _ := s.acquire(ctx, &p, false); close(done); r() }()
 	select {
 	case <-done:
 		t.Fatal("background fetch started while a foreground one ran")

@@ -4,22 +4,36 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // scheduler bounds the range requests in flight and gives foreground
 // fetches priority: a background fetch starts only when no foreground fetch
 // is waiting or running, and at most bgSlots background fetches run at once.
 // A background fetch a foreground read comes to wait for is promoted.
+//
+// A yielding background fetch (the rate-limited pass over the whole image,
+// not the profile's) also waits for the link to be quiet: it starts only
+// once no foreground fetch has started, ended or been promoted for the
+// quiet window, nor the scheduler been created (an image is opened because
+// a container is about to start and fault). Gaps between a starting
+// container's faults are short (its CPU work between reads); a background
+// range started in one would hold the link while the next fault waits.
 type scheduler struct {
 	mu                 sync.Mutex
 	slots, bgSlots     int
 	fgActive, bgActive int
 	fgWaiting          int
 	changed            chan struct{} // closed and replaced on every change
+
+	quiet  time.Duration // 0: yielding fetches wait for no quiet window
+	lastFg time.Time     // the last foreground activity
+	yields atomic.Int64  // yielding fetches that waited for the window
 }
 
-func newScheduler(slots, bgSlots int) *scheduler {
-	return &scheduler{slots: max(slots, 1), bgSlots: max(min(bgSlots, slots), 1), changed: make(chan struct{})}
+func newScheduler(slots, bgSlots int, quiet time.Duration) *scheduler {
+	return &scheduler{slots: max(slots, 1), bgSlots: max(min(bgSlots, slots), 1), changed: make(chan struct{}),
+		quiet: max(quiet, 0), lastFg: time.Now()}
 }
 
 func (s *scheduler) broadcastLocked() {
@@ -31,19 +45,27 @@ func (s *scheduler) broadcastLocked() {
 // re-evaluates.
 func (s *scheduler) promote() {
 	s.mu.Lock()
+	s.lastFg = time.Now()
 	s.broadcastLocked()
 	s.mu.Unlock()
 }
 
 // acquire waits for a slot at the priority fg says (read on every wake-up)
-// and returns the function that releases it.
-func (s *scheduler) acquire(ctx context.Context, fg *atomic.Bool) (func(), error) {
+// and returns the function that releases it. A background fetch that
+// yields also waits for the quiet window (see scheduler).
+func (s *scheduler) acquire(ctx context.Context, fg *atomic.Bool, yield bool) (func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	waitingFg := false
+	waitingFg, counted := false, false
 	defer func() {
 		if waitingFg {
 			s.fgWaiting--
+		}
+	}()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
 		}
 	}()
 	for {
@@ -53,18 +75,38 @@ func (s *scheduler) acquire(ctx context.Context, fg *atomic.Bool) (func(), error
 			waitingFg = true
 		}
 		active := s.fgActive + s.bgActive
+		var quietIn time.Duration // how long until the link is quiet
+		if yield && !isFg && s.quiet > 0 {
+			quietIn = s.quiet - time.Since(s.lastFg)
+		}
 		switch {
 		case isFg && active < s.slots:
 			s.fgActive++
+			s.lastFg = time.Now()
 			return s.releaser(true), nil
-		case !isFg && active < s.slots && s.bgActive < s.bgSlots && s.fgActive == 0 && s.fgWaiting == 0:
+		case !isFg && active < s.slots && s.bgActive < s.bgSlots && s.fgActive == 0 && s.fgWaiting == 0 && quietIn <= 0:
 			s.bgActive++
 			return s.releaser(false), nil
+		}
+		var quietC <-chan time.Time
+		if quietIn > 0 {
+			if !counted {
+				s.yields.Add(1)
+				counted = true
+			}
+			if timer == nil {
+				timer = time.NewTimer(quietIn)
+			} else {
+				timer.Reset(quietIn)
+			}
+			quietC = timer.C
 		}
 		ch := s.changed
 		s.mu.Unlock()
 		select {
 		case <-ch:
+			s.mu.Lock()
+		case <-quietC:
 			s.mu.Lock()
 		case <-ctx.Done():
 			s.mu.Lock()
@@ -81,6 +123,7 @@ func (s *scheduler) releaser(fg bool) func() {
 			s.mu.Lock()
 			if fg {
 				s.fgActive--
+				s.lastFg = time.Now()
 			} else {
 				s.bgActive--
 			}

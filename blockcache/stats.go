@@ -32,6 +32,9 @@ type Stats struct {
 	FaultLatency Histogram
 	// BackgroundDone is set once prefetch has fetched every chunk.
 	BackgroundDone bool
+	// BackgroundYields counts background range requests that waited for
+	// reads to stop faulting (WithBackgroundQuiet).
+	BackgroundYields int64
 }
 
 // FaultLatencyBounds are the upper bounds of FaultLatency's buckets.
@@ -98,6 +101,7 @@ func newCounters() *counters { return &counters{faultLatency: newHistogram(Fault
 func (s *Stats) Add(o Stats) {
 	s.BytesFetched += o.BytesFetched
 	s.BackgroundBytes += o.BackgroundBytes
+	s.BackgroundYields += o.BackgroundYields
 	s.Fetches += o.Fetches
 	s.CacheHits += o.CacheHits
 	s.CacheMisses += o.CacheMisses

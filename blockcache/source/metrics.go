@@ -21,6 +21,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 var (
 	descFetched      = desc("fetched_bytes_total", "Compressed bytes fetched from registries by verified range requests (all images).")
 	descBackground   = desc("background_fetched_bytes_total", "Part of sluice_fetched_bytes_total fetched by prefetch and background streaming.")
+	descYields       = desc("background_yields_total", "Background range requests that waited for reads to stop faulting (the quiet window).")
 	descFetches      = desc("fetches_total", "Range requests that fetched chunks.")
 	descHits         = desc("cache_hits_total", "Chunks that reads found in the local cache.")
 	descMisses       = desc("cache_misses_total", "Chunks that reads had to fetch from the registry.")
@@ -42,7 +43,7 @@ var (
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descFetched, descBackground, descFetches, descHits, descMisses, descCorrupt, descReads,
+		descFetched, descBackground, descYields, descFetches, descHits, descMisses, descCorrupt, descReads,
 		descReadErrors, descTimeouts, descFault, descPercent, descImageFetched, descExports,
 		descCacheUsed, descCacheLimit, descCacheChunks, descEvictions, descRejected, descMirror,
 	} {
@@ -68,6 +69,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descExports, float64(len(live)))
 	counter(descFetched, float64(totals.BytesFetched))
 	counter(descBackground, float64(totals.BackgroundBytes))
+	counter(descYields, float64(totals.BackgroundYields))
 	counter(descFetches, float64(totals.Fetches))
 	counter(descHits, float64(totals.CacheHits))
 	counter(descMisses, float64(totals.CacheMisses))
