@@ -23,7 +23,7 @@ type serveFlags struct {
 	socket, tcp, cacheDir, cacheSize, rate, platform, memCache string
 	registryConfigPath                                         string
 	allowRemote                                                bool
-	readTimeout                                                time.Duration
+	readTimeout, quiet                                         time.Duration
 	concurrency                                                int
 }
 
@@ -60,6 +60,7 @@ addresses unless --allow-remote is given. Stop with Ctrl-C or SIGTERM.`,
 	fl.StringVar(&f.cacheSize, "cache-size", cliutil.FormatSizeExact(blockcache.DefaultStoreSize), "bound of the chunk cache; least recently used chunks are evicted")
 	fl.StringVar(&f.memCache, "memory-cache", cliutil.FormatSizeExact(blockcache.DefaultHotBytes), "chunks also kept in memory, on top of the on-disk cache (warm reads are served from the chunk files either way)")
 	fl.StringVar(&f.rate, "background-rate", cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate), "bytes per second fetched in the background once the prefetch profile is done (0: no background fetch)")
+	fl.DurationVar(&f.quiet, "background-quiet", blockcache.DefaultBackgroundQuiet, "background fetch starts no range request until reads have stopped faulting (and the image has been open) this long (0: it yields fetch slots only)")
 	fl.StringVar(&f.platform, "platform", "", "platform of multi-platform IMAGEs (default: this machine's, linux/ARCH)")
 	fl.DurationVar(&f.readTimeout, "read-timeout", blockcache.DefaultReadTimeout, "a read that cannot be served in this time fails with EIO (the connection stays up)")
 	fl.IntVar(&f.concurrency, "fetch-concurrency", blockcache.DefaultConcurrency, "range requests in flight per image")
@@ -91,6 +92,7 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	}
 	srcOpts := []source.Option{source.WithImageOptions(
 		blockcache.WithBackgroundRate(rate),
+		blockcache.WithBackgroundQuiet(f.quiet),
 		blockcache.WithReadTimeout(f.readTimeout),
 		blockcache.WithConcurrency(f.concurrency))}
 	if g.plainHTTP {

@@ -114,7 +114,8 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 		source.WithImageOptions(
 			blockcache.WithReadTimeout(cfg.Cache.readTimeout),
 			blockcache.WithConcurrency(cfg.Cache.FetchConcurrency),
-			blockcache.WithBackgroundRate(cfg.Cache.backgroundRate)),
+			blockcache.WithBackgroundRate(cfg.Cache.backgroundRate),
+			blockcache.WithBackgroundQuiet(cfg.Cache.backgroundQuiet)),
 	}
 	if len(cfg.PlainHTTP) > 0 {
 		srcOpts = append(srcOpts, source.WithPlainHTTP(cfg.PlainHTTP...))

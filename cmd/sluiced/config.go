@@ -107,6 +107,11 @@ type CacheConfig struct {
 	// BackgroundRate is bytes per second fetched in the background after
 	// the prefetch profile; "0" turns background fetch off. Default "50MiB".
 	BackgroundRate string `toml:"background_rate"`
+	// BackgroundQuiet holds background fetch back until block reads have
+	// stopped faulting for this long, so that it does not share the link
+	// with a starting container's faults; "0s" only yields fetch slots.
+	// Default "1s".
+	BackgroundQuiet string `toml:"background_quiet"`
 	// ReadTimeout fails a block read with EIO after this long. Default "30s".
 	ReadTimeout string `toml:"read_timeout"`
 	// FetchConcurrency bounds range requests in flight per image. Default 4.
@@ -116,7 +121,7 @@ type CacheConfig struct {
 	MemoryCache string `toml:"memory_cache"`
 
 	size, backgroundRate, memoryCache int64
-	readTimeout                       time.Duration
+	readTimeout, backgroundQuiet      time.Duration
 }
 
 func defaultConfig() Config {
@@ -138,6 +143,7 @@ func defaultConfig() Config {
 			Dir:              blockcache.DefaultStoreDir,
 			Size:             cliutil.FormatSizeExact(blockcache.DefaultStoreSize),
 			BackgroundRate:   cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate),
+			BackgroundQuiet:  blockcache.DefaultBackgroundQuiet.String(),
 			ReadTimeout:      blockcache.DefaultReadTimeout.String(),
 			FetchConcurrency: blockcache.DefaultConcurrency,
 			MemoryCache:      cliutil.FormatSizeExact(blockcache.DefaultHotBytes),
@@ -232,6 +238,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.backgroundRate, err = cliutil.ParseSize(c.Cache.BackgroundRate); err != nil {
 		return fmt.Errorf("cache.background_rate: want bytes per second such as \"50MiB\", got %q", c.Cache.BackgroundRate)
+	}
+	if c.Cache.backgroundQuiet, err = time.ParseDuration(c.Cache.BackgroundQuiet); err != nil || c.Cache.backgroundQuiet < 0 {
+		return fmt.Errorf("cache.background_quiet: want a duration such as \"1s\" (\"0s\": no window), got %q", c.Cache.BackgroundQuiet)
 	}
 	if c.Cache.readTimeout, err = time.ParseDuration(c.Cache.ReadTimeout); err != nil || c.Cache.readTimeout <= 0 {
 		return fmt.Errorf("cache.read_timeout: want a duration such as \"30s\", got %q", c.Cache.ReadTimeout)
