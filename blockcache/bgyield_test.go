@@ -122,4 +122,18 @@ func TestSchedulerQuietWindow(t *testing.T) {
 	if s.yields.Load() < 2 {
 		t.Errorf("yields = %d, want at least 2", s.yields.Load())
 	}
+
+	// Past its span after Open, the window no longer holds a yielding
+	// fetch back: an hour's window is not waited out.
+	s = newScheduler(4, 1, time.Hour)
+	s.until = time.Now()
+	rel, _ = s.acquire(ctx, &fg, false)
+	rel()
+	bounded, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if r, err := s.acquire(bounded, &bg, true); err != nil {
+		t.Errorf("a yielding fetch past the span still waited for the window: %v", err)
+	} else {
+		r()
+	}
 }

@@ -77,7 +77,8 @@ func WithBackgroundRate(bytesPerSecond int64) Option {
 // Once faults have stopped for d, the fetch resumes at once at its full
 // rate, the token bucket having refilled to its burst meanwhile. A read
 // that keeps faulting more often than every d holds the background fetch
-// back as long as it does; its own chunks are fetched by its reads.
+// back as long as it does, for at most a minute after Open; after that the
+// background fetch yields fetch slots only, as with d 0.
 func WithBackgroundQuiet(d time.Duration) Option { return func(c *imageConfig) { c.quiet = max(d, 0) } }
 
 // WithRecording records the order in which reads first touch chunks,

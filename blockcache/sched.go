@@ -19,6 +19,9 @@ import (
 // a container is about to start and fault). Gaps between a starting
 // container's faults are short (its CPU work between reads); a background
 // range started in one would hold the link while the next fault waits.
+// The window applies for yieldSpan after the scheduler is created: reads
+// that keep faulting past a start (a workload reading lazily all along)
+// do not hold the background fetch back for ever.
 type scheduler struct {
 	mu                 sync.Mutex
 	slots, bgSlots     int
@@ -28,13 +31,18 @@ type scheduler struct {
 
 	quiet  time.Duration // 0: yielding fetches wait for no quiet window
 	lastFg time.Time     // the last foreground activity
+	until  time.Time     // when yielding fetches stop waiting for the window
 	yields atomic.Int64  // yielding fetches that waited for the window
 }
 
 func newScheduler(slots, bgSlots int, quiet time.Duration) *scheduler {
 	return &scheduler{slots: max(slots, 1), bgSlots: max(min(bgSlots, slots), 1), changed: make(chan struct{}),
-		quiet: max(quiet, 0), lastFg: time.Now()}
+		quiet: max(quiet, 0), lastFg: time.Now(), until: time.Now().Add(yieldSpan)}
 }
+
+// yieldSpan bounds how long after an image is opened its background fetch
+// waits for the quiet window: longer than a container takes to start.
+const yieldSpan = time.Minute
 
 func (s *scheduler) broadcastLocked() {
 	close(s.changed)
@@ -76,8 +84,8 @@ func (s *scheduler) acquire(ctx context.Context, fg *atomic.Bool, yield bool) (f
 		}
 		active := s.fgActive + s.bgActive
 		var quietIn time.Duration // how long until the link is quiet
-		if yield && !isFg && s.quiet > 0 {
-			quietIn = s.quiet - time.Since(s.lastFg)
+		if now := time.Now(); yield && !isFg && s.quiet > 0 && now.Before(s.until) {
+			quietIn = min(s.quiet-now.Sub(s.lastFg), s.until.Sub(now))
 		}
 		switch {
 		case isFg && active < s.slots:

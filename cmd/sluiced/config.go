@@ -109,7 +109,8 @@ type CacheConfig struct {
 	BackgroundRate string `toml:"background_rate"`
 	// BackgroundQuiet holds background fetch back until block reads have
 	// stopped faulting for this long, so that it does not share the link
-	// with a starting container's faults; "0s" only yields fetch slots.
+	// with a starting container's faults (for the first minute after an
+	// image is opened); "0s" only yields fetch slots.
 	// Default "1s".
 	BackgroundQuiet string `toml:"background_quiet"`
 	// ReadTimeout fails a block read with EIO after this long. Default "30s".
