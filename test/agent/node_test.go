@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
 	"github.com/sluice-project/sluice/test/internal/debregistry"
 	"github.com/sluice-project/sluice/test/internal/proc"
+	"github.com/sluice-project/sluice/test/internal/promtext"
 	"github.com/sluice-project/sluice/test/testutil"
 	"github.com/sluice-project/sluice/test/testutil/leakcheck"
 )
@@ -444,33 +444,7 @@ func (a *agentProc) log() string {
 // metrics fetches /metrics and returns each sample, "name{labels}" ->
 // value.
 func (a *agentProc) metrics() (map[string]float64, error) {
-	resp, err := http.Get("http://" + a.metricsAddr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/metrics: %s", resp.Status)
-	}
-	m := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[line[:i]] = v
-	}
-	return m, sc.Err()
+	return promtext.Get(context.Background(), "http://"+a.metricsAddr+"/metrics")
 }
 
 // sum adds the samples of metric name over all label values; ok is false

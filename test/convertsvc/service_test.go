@@ -1,8 +1,8 @@
 package convertsvc
 
 import (
-	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/sluice-project/sluice/imageconv/artifact/signature"
 	"github.com/sluice-project/sluice/test/internal/proc"
+	"github.com/sluice-project/sluice/test/internal/promtext"
 )
 
 // service is a `sluice convert-service` process. Its work dir is sampled
@@ -258,31 +259,7 @@ func (s *service) idle(t *testing.T, d time.Duration) {
 
 // scrape fetches Prometheus metrics: "name{labels}" -> value.
 func scrape(url string) (map[string]float64, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	m := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			m[line[:i]] = v
-		}
-	}
-	return m, sc.Err()
+	return promtext.Get(context.Background(), url)
 }
 
 var _ = bytes.Contains

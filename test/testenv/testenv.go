@@ -14,6 +14,7 @@ import (
 	"github.com/sluice-project/sluice/test/internal/debregistry"
 	"github.com/sluice-project/sluice/test/internal/imagebuild"
 	"github.com/sluice-project/sluice/test/internal/proc"
+	"github.com/sluice-project/sluice/test/internal/promtext"
 )
 
 // containerd (containerdtest).
@@ -87,3 +88,11 @@ var (
 	// LogTail is proc.LogTail.
 	LogTail = proc.LogTail
 )
+
+// metrics (promtext).
+
+// MetricSamples is promtext.Samples: "name{labels}" -> value.
+type MetricSamples = promtext.Samples
+
+// GetMetrics is promtext.Get.
+var GetMetrics = promtext.Get
