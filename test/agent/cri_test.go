@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/sluice-project/sluice/test/internal/containerdtest"
+	"github.com/sluice-project/sluice/test/internal/debregistry"
 	"github.com/sluice-project/sluice/test/testutil"
 )
 
@@ -12,7 +13,14 @@ import (
 // repository), and the new mark.
 func (e *env) blobGETs(t *testing.T, mark int) (map[string]int, int) {
 	t.Helper()
-	reqs, err := e.registry.Requests(mark)
+	return blobGETsOf(t, e.registry, mark)
+}
+
+// blobGETsOf returns how many times each blob was GET from reg since mark,
+// and the mark to pass next.
+func blobGETsOf(t *testing.T, reg *debregistry.Registry, mark int) (map[string]int, int) {
+	t.Helper()
+	reqs, err := reg.Requests(mark)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -120,17 +120,7 @@ func (pr *privateRegistry) mark(t *testing.T) int {
 // since mark, and the new mark.
 func (pr *privateRegistry) blobGETs(t *testing.T, mark int) (map[string]int, int) {
 	t.Helper()
-	reqs, err := pr.reg.Requests(mark)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int{}
-	for _, q := range reqs {
-		if _, d := q.Blob(); d != "" && q.Method == "GET" {
-			got[d]++
-		}
-	}
-	return got, mark + len(reqs)
+	return blobGETsOf(t, pr.reg, mark)
 }
 
 // TestCRIPullSecrets: with containerd 1.6 and 2.x, pulls through sluiced's
