@@ -63,6 +63,9 @@ func DemoRecipe(dataMiB int) Recipe {
 		Command: []string{"python3", "/app/app.py"},
 		tools:   py.tools,
 		key: func(ctx context.Context, b *builder) (string, error) {
+			if py.key == nil {
+				return "", fmt.Errorf("demo image: no python3 recipe to build on")
+			}
 			k, err := py.key(ctx, b)
 			if err != nil {
 				return "", err
@@ -205,6 +208,9 @@ func Demo(ctx context.Context, cfg DemoConfig) (*DemoResult, error) {
 		return nil, fmt.Errorf("demo: data = %d MiB, want at least 1", cfg.DataMiB)
 	}
 	log := zerolog.Ctx(ctx)
+	// The matrix config is only checked and used for its paths and
+	// defaults: the demo image is not a recipe of Recipes, it builds on
+	// python3's.
 	b := &bench{cfg: Config{
 		Images: []string{"python3"}, Modes: []Mode{Full, Lazy}, States: []NodeState{Fresh},
 		Containerds: []testenv.ContainerdVersion{cfg.Containerd}, Links: []Link{cfg.Link}, Runs: 1,
