@@ -68,7 +68,7 @@ test: deps ## install deps, go vet, short fuzz runs, go test -race ending with t
 	$(GO) test -json -race -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./... | $(BIN)/testreport -allow $(SKIPS_ALLOW)
 
 .PHONY: demo
-demo: deps build ## run the end-to-end demo (local registry, convert, inspect, lazy container start vs full pull; root)
+demo: deps build ## the demo: a python3 app with 300 MiB it never reads, started lazily (sluiced) and with a full pull through a throttled local registry; prints the table (root; a few minutes; scripts/demo.sh)
 	scripts/demo.sh
 
 .PHONY: bench

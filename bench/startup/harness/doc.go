@@ -23,6 +23,7 @@
 //     pull, the same as before ready).
 //
 // Run drives the whole matrix and returns a Report; Markdown writes it.
+// Demo runs one point of it for `make demo` and prints a small table.
 // Images are built from Debian packages (busybox-static; debootstrap from
 // the machine's Debian mirror through scripts/lib.sh, as bench/convert
 // does) and cached, keyed by their inputs, outside the repository.
