@@ -171,14 +171,15 @@ func DefaultPlan(images []string) ([]Link, map[string][]string, error) {
 }
 
 // measured reports whether image was measured on link.
-func (c ConfigSummary) measured(image, link string) bool {
-	names, ok := c.ImageLinks[image]
-	return !ok || slices.Contains(names, link)
-}
+func (c ConfigSummary) measured(image, link string) bool { return onLink(c.ImageLinks, image, link) }
 
 // measures reports whether image is measured on link.
-func (c *Config) measures(image, link string) bool {
-	names, ok := c.ImageLinks[image]
+func (c *Config) measures(image, link string) bool { return onLink(c.ImageLinks, image, link) }
+
+// onLink reports whether imageLinks (Config.ImageLinks) has image measured
+// on link.
+func onLink(imageLinks map[string][]string, image, link string) bool {
+	names, ok := imageLinks[image]
 	return !ok || slices.Contains(names, link)
 }
 

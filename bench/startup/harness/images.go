@@ -92,7 +92,7 @@ var Recipes = []Recipe{
 	},
 	{
 		Name:         "nodejs",
-		About:        "debootstrap --variant=minbase --include=nodejs bookworm; one layer; a Node.js app that loads http before it serves",
+		About:        "debootstrap --variant=minbase --include=nodejs bookworm; one layer; a Node.js app that loads http and crypto before it serves",
 		Command:      []string{"node", "-e", "require('http'); require('crypto'); console.log('" + ReadyLine + "'); setTimeout(() => {}, 600000)"},
 		tools:        debootstrapTools,
 		key:          debootstrapKey("nodejs"),

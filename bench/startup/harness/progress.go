@@ -36,6 +36,5 @@ func (p *progress) done(ctx context.Context) {
 	p.n++
 	elapsed := time.Since(p.start)
 	left := time.Duration(float64(elapsed) / float64(p.n) * float64(p.total-p.n))
-	zerolog.Ctx(ctx).Info().Int("done", p.n).Int("of", p.total).Dur("elapsed", elapsed.Round(time.Second)).
-		Dur("left_estimate", left.Round(time.Second)).Msg("progress")
+	zerolog.Ctx(ctx).Info().Int("done", p.n).Int("of", p.total).Str("elapsed", elapsed.Round(time.Second).String()).Str("left_estimate", left.Round(time.Second).String()).Msg("progress")
 }
