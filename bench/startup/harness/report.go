@@ -87,7 +87,7 @@ func (r *Report) Markdown(w io.Writer) error {
 		}
 		p("\n")
 	}
-	p("- Read through the device: sluiced's `sluice_read_bytes_total` from the pull to the ready line, the bytes its block reads served (uncompressed: the container's reads, the kernel's readahead, the mount's and probes' reads). \"fetched / read\" is the median over runs of the bytes through the link before ready over those.\n")
+	p("- Read through the device: sluiced's `sluice_read_bytes_total` from the pull to the ready line, the bytes its block reads served (uncompressed: the container's reads, the kernel's readahead, the mount's and probes' reads). \"fetched / read\" is the median over runs of the bytes through the link before ready (compressed chunks, manifests and indexes) over those, so it can fall below 1 on compressible images.\n")
 	p("- containerd: %s, configured as test/internal/containerdtest does (CRI; 1.6: config version 2 with `disable_snapshot_annotations = false`; 2.x: version 3, transfer service).\n", strings.Join(c.Containerds, ", "))
 
 	p("\n## Images\n\n")
