@@ -62,7 +62,7 @@ func buildData(ctx context.Context, b *builder) (v1.Image, error) {
 		return nil, err
 	}
 	path := filepath.Join(b.scratchDir(), "data-layer-"+dataVersion+".tar.gz")
-	if err := writeDataLayer(ctx, path); err != nil {
+	if err := writeDataLayer(ctx, path, dataLayout{dataFillFiles, dataFillBytes, dataReadBytes}); err != nil {
 		return nil, fmt.Errorf("data layer %s: %w", path, err)
 	}
 	layer, err := tarball.LayerFromFile(path, tarball.WithMediaType(types.OCILayer))
@@ -76,10 +76,17 @@ func buildData(ctx context.Context, b *builder) (v1.Image, error) {
 	return img, nil
 }
 
+// dataLayout is the data layer's shape: fill files of fillBytes each and
+// the read file of readBytes.
+type dataLayout struct {
+	fill                 int
+	fillBytes, readBytes int64
+}
+
 // writeDataLayer writes the data layer's tar.gz to path, whole or not at
 // all. The bytes come from a seeded ChaCha8 stream, so every build makes
 // the same layer.
-func writeDataLayer(ctx context.Context, path string) error {
+func writeDataLayer(ctx context.Context, path string, d dataLayout) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
@@ -117,13 +124,13 @@ func writeDataLayer(ctx context.Context, path string) error {
 	}
 	// Half the unread files before the one the app reads, half after: it
 	// sits in the middle of the flattened image, as an app's file would.
-	for i := range dataFillFiles {
-		if i == dataFillFiles/2 {
-			if err := file(dataReadFile, dataReadBytes); err != nil {
+	for i := range d.fill {
+		if i == d.fill/2 {
+			if err := file(dataReadFile, d.readBytes); err != nil {
 				return err
 			}
 		}
-		if err := file(fmt.Sprintf("data/unread/%02d.bin", i), dataFillBytes); err != nil {
+		if err := file(fmt.Sprintf("data/unread/%02d.bin", i), d.fillBytes); err != nil {
 			return err
 		}
 	}
