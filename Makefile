@@ -71,14 +71,15 @@ test: deps ## install deps, go vet, short fuzz runs, go test -race ending with t
 demo: deps build ## the demo: a python3 app with 300 MiB it never reads, started lazily (sluiced) and with a full pull through a throttled local registry; prints the table (root; a few minutes; scripts/demo.sh)
 	scripts/demo.sh
 
-.PHONY: bench
-bench: deps build ## run the benchmarks: bench/convert/run.sh, then bench/fio/run.sh (~20 min)
-	bench/convert/run.sh
-	bench/fio/run.sh
-
 # Flags of bench/startup, e.g. BENCH_STARTUP_FLAGS="-links all -runs 5" (go run
 # ./bench/startup -help lists them).
 BENCH_STARTUP_FLAGS ?=
+
+.PHONY: bench
+bench: deps build ## run the benchmarks: bench/convert/run.sh, bench/fio/run.sh, then bench/startup (root; ~20 min, plus bench/startup's default run, whose log gives the time left)
+	bench/convert/run.sh
+	bench/fio/run.sh
+	$(GO) run ./bench/startup $(BENCH_STARTUP_FLAGS)
 
 .PHONY: bench-startup
 bench-startup: deps ## pod start time through CRI, lazy vs full pull, containerd 1.6 and 2.x: bench/results/startup.md (root; BENCH_STARTUP_FLAGS)

@@ -137,6 +137,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 
 	if im.copyCached(want, off, first, last) {
 		im.stats.hits.Add(int64(nonZero))
+		im.stats.bytesRead.Add(int64(len(want)))
 		if eof {
 			return len(want), io.EOF
 		}
@@ -172,6 +173,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 			copy(dst, data[k][sp.lo-sp.start:sp.hi-sp.start])
 		}
 	}
+	im.stats.bytesRead.Add(int64(len(want)))
 	if eof {
 		return len(want), io.EOF
 	}
@@ -191,6 +193,7 @@ func (im *Image) ReadAtCached(p []byte, off int64) bool {
 	}
 	im.record(first, last)
 	im.stats.reads.Add(1)
+	im.stats.bytesRead.Add(int64(len(p)))
 	for i := first; i <= last; i++ {
 		if !im.ix.Chunks[i].Zero() {
 			im.stats.hits.Add(1)
@@ -242,6 +245,7 @@ func (im *Image) ReadAtFiles(off int64, n int, add func(fd int, off, n int64)) (
 	}
 	im.record(first, last)
 	im.stats.reads.Add(1)
+	im.stats.bytesRead.Add(int64(n))
 	im.stats.hits.Add(int64(hits))
 	return release, true
 }
@@ -327,6 +331,7 @@ func (im *Image) Stats() Stats {
 		CacheMisses:      im.stats.misses.Load(),
 		CorruptChunks:    im.stats.corrupt.Load(),
 		Reads:            im.stats.reads.Load(),
+		BytesRead:        im.stats.bytesRead.Load(),
 		ReadErrors:       im.stats.readErrors.Load(),
 		Timeouts:         im.stats.timeouts.Load(),
 		FaultLatency:     im.stats.faultLatency.snapshot(),

@@ -313,3 +313,52 @@ func TestReadAtFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestBytesRead: every read path counts the bytes it served, a failed or
+// declined read none, so BytesRead is what the device's users read.
+func TestBytesRead(t *testing.T) {
+	e := newEnv(t)
+	im := e.open()
+	size := im.Size()
+	var want int64
+	p := make([]byte, 70000)
+	if _, err := im.ReadAt(p, 4096); err != nil { // a fault
+		t.Fatal(err)
+	}
+	want += int64(len(p))
+	if n, err := im.ReadAt(p, size-1000); n != 1000 || err != io.EOF { // past the end: the part served
+		t.Fatalf("read across the end: %d, %v", n, err)
+	}
+	want += 1000
+	if _, err := im.ReadAt(p, -1); err == nil {
+		t.Fatal("negative offset accepted")
+	}
+	if im.ReadAtCached(make([]byte, 8192), size/2+1) {
+		t.Log("the middle of the image was cached already")
+	} else if got := im.Stats().BytesRead; got != want {
+		t.Fatalf("BytesRead = %d after a declined cached read, want %d", got, want)
+	}
+	e.read(im, 0, size) // everything fetched
+	want += size
+	if !im.ReadAtCached(make([]byte, 8192), 4096) {
+		t.Fatal("ReadAtCached of a fetched range declined")
+	}
+	want += 8192
+	waitFor(t, "every chunk file written", func() bool {
+		release, ok := im.ReadAtFiles(0, 4096, func(int, int64, int64) {})
+		if ok {
+			release()
+			want += 4096
+		}
+		return ok
+	})
+	if s := im.Stats(); s.BytesRead != want {
+		t.Errorf("BytesRead = %d, want %d (%d reads)", s.BytesRead, want, s.Reads)
+	}
+	var tot Stats
+	tot.Add(im.Stats())
+	tot.Add(im.Stats())
+	if tot.BytesRead != 2*want {
+		t.Errorf("Stats.Add: BytesRead %d, want %d", tot.BytesRead, 2*want)
+	}
+}

@@ -28,6 +28,11 @@ type Stats struct {
 	CorruptChunks int64
 	// Reads, ReadErrors and Timeouts count ReadAt calls.
 	Reads, ReadErrors, Timeouts int64
+	// BytesRead counts the bytes of the image that reads served (all
+	// three read paths; a failed read serves none): what the device's
+	// users, the kernel and its readahead included, read, to compare with
+	// BytesFetched.
+	BytesRead int64
 	// FaultLatency is the latency of reads that needed a fetch.
 	FaultLatency Histogram
 	// BackgroundDone is set once prefetch has fetched every chunk.
@@ -89,6 +94,7 @@ type counters struct {
 	bytesFetched, backgroundBytes, fetches atomic.Int64
 	hits, misses, corrupt                  atomic.Int64
 	reads, readErrors, timeouts            atomic.Int64
+	bytesRead                              atomic.Int64
 	backgroundDone                         atomic.Bool
 	faultLatency                           *histogram
 }
@@ -107,6 +113,7 @@ func (s *Stats) Add(o Stats) {
 	s.CacheMisses += o.CacheMisses
 	s.CorruptChunks += o.CorruptChunks
 	s.Reads += o.Reads
+	s.BytesRead += o.BytesRead
 	s.ReadErrors += o.ReadErrors
 	s.Timeouts += o.Timeouts
 	s.FaultLatency.Add(o.FaultLatency)

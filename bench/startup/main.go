@@ -26,11 +26,11 @@ import (
 )
 
 func main() {
-	images := flag.String("images", "busybox,python3", "images to start, comma-separated: "+strings.Join(harness.RecipeNames(), ", "))
+	images := flag.String("images", strings.Join(harness.RecipeNames(), ","), "images to start, comma-separated: "+strings.Join(harness.RecipeNames(), ", "))
 	modes := flag.String("modes", "full,lazy,profile", "modes, comma-separated: full, lazy, profile (profile only says what it waits on)")
 	states := flag.String("states", "fresh,shared-base", "node states, comma-separated: fresh (a new node), shared-base (another image with the same base ran first)")
 	containerds := flag.String("containerd", "1.6,2", "containerd versions, comma-separated: 1.6, 2")
-	links := flag.String("links", "default", "link profiles: default ("+strings.Join(harness.DefaultLinks, ", ")+"), all, or names")
+	links := flag.String("links", "default", "link profiles: default (each image on its own links: "+defaultLinksHelp()+"), all (every image on every link), or names")
 	runs := flag.Int("runs", 3, "cold runs of each image, mode, containerd and link (the median is reported)")
 	out := flag.String("out", "bench/results", "directory the report is written to (startup.md, startup.json)")
 	cache := flag.String("cache", envOr("SLUICE_BENCH_CACHE", "/var/cache/sluice-bench"), "cache of built images, kept between runs")
@@ -64,7 +64,11 @@ func run(ctx context.Context, images, modes, states, containerds, links string, 
 	if cfg.Containerds, err = harness.ParseContainerds(containerds); err != nil {
 		return err
 	}
-	if cfg.Links, err = harness.ParseLinks(links); err != nil {
+	if links == "default" {
+		if cfg.Links, cfg.ImageLinks, err = harness.DefaultPlan(cfg.Images); err != nil {
+			return err
+		}
+	} else if cfg.Links, err = harness.ParseLinks(links); err != nil {
 		return err
 	}
 	wd, err := os.Getwd()
@@ -122,6 +126,19 @@ func writeFile(path string, write func(w io.Writer) error) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// defaultLinksHelp says which links a default run measures each image on.
+func defaultLinksHelp() string {
+	_, per, err := harness.DefaultPlan(harness.RecipeNames())
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, nm := range harness.RecipeNames() {
+		out = append(out, nm+" "+strings.Join(per[nm], "+"))
+	}
+	return strings.Join(out, ", ")
 }
 
 func envOr(key, def string) string {

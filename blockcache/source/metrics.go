@@ -27,6 +27,7 @@ var (
 	descMisses       = desc("cache_misses_total", "Chunks that reads had to fetch from the registry.")
 	descCorrupt      = desc("corrupt_chunks_total", "Fetched chunks that failed verification (never cached or served).")
 	descReads        = desc("reads_total", "Block reads served to devices.")
+	descReadBytes    = desc("read_bytes_total", "Bytes of images served to block reads (what devices read, kernel readahead and probes included), to compare with sluice_fetched_bytes_total.")
 	descReadErrors   = desc("read_errors_total", "Block reads answered with an I/O error.")
 	descTimeouts     = desc("read_timeouts_total", "Block reads that hit cache.read_timeout.")
 	descFault        = desc("fault_latency_seconds", "Latency of block reads that needed a fetch.")
@@ -44,7 +45,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descFetched, descBackground, descYields, descFetches, descHits, descMisses, descCorrupt, descReads,
-		descReadErrors, descTimeouts, descFault, descPercent, descImageFetched, descExports,
+		descReadErrors, descTimeouts, descFault, descReadBytes, descPercent, descImageFetched, descExports,
 		descCacheUsed, descCacheLimit, descCacheChunks, descEvictions, descRejected, descMirror,
 	} {
 		ch <- d
@@ -75,6 +76,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descMisses, float64(totals.CacheMisses))
 	counter(descCorrupt, float64(totals.CorruptChunks))
 	counter(descReads, float64(totals.Reads))
+	counter(descReadBytes, float64(totals.BytesRead))
 	counter(descReadErrors, float64(totals.ReadErrors))
 	counter(descTimeouts, float64(totals.Timeouts))
 	counter(descMirror, float64(totals.Fetcher.MirrorAnswers), "answered")

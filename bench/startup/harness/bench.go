@@ -111,13 +111,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	for _, im := range images {
 		rep.Images = append(rep.Images, im.Info)
 	}
+	prog := newProgress(cfg)
+	log.Info().Int("runs", prog.total).Msg("runs to do (each a new node; the log gives the time left as runs end)")
 	for _, link := range cfg.Links {
+		if !slices.ContainsFunc(images, func(im *benchImage) bool { return cfg.measures(im.recipe.Name, link.Name) }) {
+			continue
+		}
 		th, err := startThrottle(ctx, cfg.Binaries.ThrottleProxy, filepath.Join(cfg.WorkDir, "proxy-"+link.Name), reg.Addr, link)
 		if err != nil {
 			return nil, err
 		}
 		log.Info().Str("link", link.Name).Str("proxy", th.addr).Msg("measuring through the throttle proxy")
 		for _, im := range images {
+			if !cfg.measures(im.recipe.Name, link.Name) {
+				continue
+			}
 			for _, v := range cfg.Containerds {
 				// Modes interleave within each run, so that drift in the
 				// machine's load spreads over all of them.
@@ -132,6 +140,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 						}
 						for _, st := range cfg.States {
 							rep.Samples = append(rep.Samples, b.sample(ctx, point{im, mode, st, v, th, run}))
+							prog.done(ctx)
 						}
 					}
 				}
@@ -140,6 +149,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		th.stop()
 		os.RemoveAll(filepath.Join(cfg.WorkDir, "proxy-"+link.Name))
 	}
+	rep.Targets = CheckTargets(Rows(rep.Samples))
 	rep.Finished = time.Now().UTC()
 	rep.Machine.LoadAfter = loadAverage()
 	return rep, nil
@@ -238,12 +248,14 @@ type ConfigSummary struct {
 	States      []NodeState `json:"states"`
 	Containerds []string    `json:"containerds"`
 	Links       []Link      `json:"links"`
-	Runs        int         `json:"runs"`
-	DropCaches  bool        `json:"drop_caches"`
+	// ImageLinks: the links each image was measured on, when not every one.
+	ImageLinks map[string][]string `json:"image_links,omitempty"`
+	Runs       int                 `json:"runs"`
+	DropCaches bool                `json:"drop_caches"`
 }
 
 func (c Config) summary() ConfigSummary {
-	s := ConfigSummary{Images: c.Images, Modes: c.Modes, States: c.States, Links: c.Links, Runs: c.Runs, DropCaches: c.DropCaches}
+	s := ConfigSummary{Images: c.Images, Modes: c.Modes, States: c.States, Links: c.Links, ImageLinks: c.ImageLinks, Runs: c.Runs, DropCaches: c.DropCaches}
 	for _, v := range c.Containerds {
 		s.Containerds = append(s.Containerds, v.String())
 	}

@@ -35,6 +35,9 @@ func (r *Report) Charts(dir string) error {
 		var groups []group
 		var labels []string
 		for _, im := range r.Config.Images {
+			if !r.Config.measured(im, link.Name) {
+				continue
+			}
 			for _, st := range r.Config.States {
 				for _, v := range r.Config.Containerds {
 					groups = append(groups, group{im, v, st})

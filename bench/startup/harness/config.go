@@ -136,6 +136,53 @@ func linkNames() []string {
 	return n
 }
 
+// DefaultPlan returns the links of a default run of these images (the
+// union, in Links order) and the links each image is measured on there:
+// its Recipe.DefaultLinks, or DefaultLinks.
+func DefaultPlan(images []string) ([]Link, map[string][]string, error) {
+	per := map[string][]string{}
+	var union []string
+	for _, nm := range images {
+		r, ok := recipeByName(nm)
+		if !ok {
+			return nil, nil, fmt.Errorf("image %q: want one of %s", nm, strings.Join(RecipeNames(), ", "))
+		}
+		names := r.DefaultLinks
+		if names == nil {
+			names = DefaultLinks
+		}
+		per[nm] = names
+		for _, n := range names {
+			if !slices.Contains(union, n) {
+				union = append(union, n)
+			}
+		}
+	}
+	var links []Link
+	for _, l := range Links {
+		if slices.Contains(union, l.Name) {
+			links = append(links, l)
+		}
+	}
+	if len(links) != len(union) {
+		return nil, nil, fmt.Errorf("default links %v: not all are in Links", union)
+	}
+	return links, per, nil
+}
+
+// measured reports whether image was measured on link.
+func (c ConfigSummary) measured(image, link string) bool { return onLink(c.ImageLinks, image, link) }
+
+// measures reports whether image is measured on link.
+func (c *Config) measures(image, link string) bool { return onLink(c.ImageLinks, image, link) }
+
+// onLink reports whether imageLinks (Config.ImageLinks) has image measured
+// on link.
+func onLink(imageLinks map[string][]string, image, link string) bool {
+	names, ok := imageLinks[image]
+	return !ok || slices.Contains(names, link)
+}
+
 // ParseContainerds parses a comma-separated list of "1.6" and "2".
 func ParseContainerds(s string) ([]testenv.ContainerdVersion, error) {
 	var out []testenv.ContainerdVersion
@@ -165,6 +212,10 @@ type Config struct {
 	Containerds []testenv.ContainerdVersion
 	// Links are the link profiles.
 	Links []Link
+	// ImageLinks, if set, names the links each image is measured on (a
+	// subset of Links); an image it does not name is measured on every
+	// one. DefaultPlan sets it for a default run.
+	ImageLinks map[string][]string
 	// Runs is the number of cold runs of each image, mode, containerd
 	// and link; the report gives their median.
 	Runs int
@@ -204,6 +255,13 @@ func (c *Config) check() error {
 	for _, name := range c.Images {
 		if _, ok := recipeByName(name); !ok {
 			return fmt.Errorf("config: image %q: want one of %s", name, strings.Join(RecipeNames(), ", "))
+		}
+	}
+	for im, names := range c.ImageLinks {
+		for _, n := range names {
+			if !slices.ContainsFunc(c.Links, func(l Link) bool { return l.Name == n }) {
+				return fmt.Errorf("config: image %s on link %q, which is not in Links", im, n)
+			}
 		}
 	}
 	if len(c.States) == 0 {

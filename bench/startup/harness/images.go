@@ -42,12 +42,15 @@ type Recipe struct {
 	// recipe's version); build makes it.
 	key   func(ctx context.Context, b *builder) (string, error)
 	build func(ctx context.Context, b *builder) (v1.Image, error)
+	// DefaultLinks are the links a default run (-links default) measures
+	// this image on; nil means DefaultLinks. A large image is measured on
+	// the link of its issue 15 target only, so that the default run stays
+	// within an hour or so.
+	DefaultLinks []string
 }
 
-// Recipes are the images built so far. Next, as issue 15 lists them:
-// python3 with numpy and scipy (ready when `import numpy, scipy` prints), a
-// ~2 GiB image whose app reads one 20 MB file, and a Java
-// (openjdk-17-jre-headless) or Node.js app.
+// Recipes are the images of issue 15, smallest first. DefaultLinks names
+// the links a default run measures each on (nil: DefaultLinks).
 var Recipes = []Recipe{
 	{
 		Name:    "busybox",
@@ -62,11 +65,46 @@ var Recipes = []Recipe{
 		// An app that imports a few standard modules before it serves.
 		Command: []string{"python3", "-c", "import json, http.server, urllib.request, email.parser, logging; " +
 			"print('" + ReadyLine + "', flush=True); import time; time.sleep(600)"},
-		tools: []string{"debootstrap", "tar", "sha256sum"},
+		tools: debootstrapTools,
 		key:   debootstrapKey("python3"),
 		build: buildDebootstrap("python3"),
 	},
+	{
+		Name:  "numpy",
+		About: "debootstrap --variant=minbase --include=python3,python3-numpy,python3-scipy bookworm; one layer; ready once `import numpy, scipy` ran",
+		Command: []string{"python3", "-c", "import numpy, scipy; " +
+			"print('" + ReadyLine + "', flush=True); import time; time.sleep(600)"},
+		tools: debootstrapTools,
+		key:   debootstrapKey(numpyPackages),
+		build: buildDebootstrap(numpyPackages),
+		// The issue's target: at least 5x sooner at 100 Mbit/s.
+		DefaultLinks: []string{"100M-20ms"},
+	},
+	{
+		Name: "data",
+		About: fmt.Sprintf("busybox (one layer) plus %d files of %d MiB of pseudo-random bytes the app never reads and one of %d MB it reads (md5sum); two layers",
+			dataFillFiles, dataFillBytes>>20, dataReadBytes/1_000_000),
+		Command: dataCommand,
+		key:     dataKey,
+		build:   buildData,
+		// The issue's target: at least 10x sooner at 1 Gbit/s, 20 ms RTT.
+		DefaultLinks: []string{"1G-20ms"},
+	},
+	{
+		Name:         "nodejs",
+		About:        "debootstrap --variant=minbase --include=nodejs bookworm; one layer; a Node.js app that loads http and crypto before it serves",
+		Command:      []string{"node", "-e", "require('http'); require('crypto'); console.log('" + ReadyLine + "'); setTimeout(() => {}, 600000)"},
+		tools:        debootstrapTools,
+		key:          debootstrapKey("nodejs"),
+		build:        buildDebootstrap("nodejs"),
+		DefaultLinks: []string{"100M-20ms"},
+	},
 }
+
+// numpyPackages are the numpy image's packages.
+const numpyPackages = "python3,python3-numpy,python3-scipy"
+
+var debootstrapTools = []string{"debootstrap", "tar", "sha256sum"}
 
 // RecipeNames are the names of Recipes.
 func RecipeNames() []string {
@@ -122,10 +160,17 @@ func (b *builder) image(ctx context.Context, r Recipe) (v1.Image, string, error)
 	if err := saveLayout(dir, img); err != nil {
 		return nil, "", fmt.Errorf("image %s: caching in %s: %w", r.Name, dir, err)
 	}
+	if err := os.RemoveAll(b.scratchDir()); err != nil {
+		return nil, "", err
+	}
 	log.Info().Str("image", r.Name).Dur("took", time.Since(start)).Msg("image built")
 	img, err = loadLayout(dir)
 	return img, dir, err
 }
+
+// scratchDir is where a build writes large intermediate files; it is
+// removed once the image is in the cache.
+func (b *builder) scratchDir() string { return filepath.Join(b.cacheDir, "scratch") }
 
 // loadLayout reads the one image of the OCI layout at dir.
 func loadLayout(dir string) (v1.Image, error) {

@@ -21,6 +21,9 @@ type Report struct {
 	Samples     []Sample      `json:"samples"`
 	// ChartFiles are the PNGs Charts drew, next to the markdown.
 	ChartFiles []string `json:"charts,omitempty"`
+	// Targets are issue 15's targets checked on the medians (Run sets
+	// them; Markdown computes them from Samples).
+	Targets []Target `json:"targets"`
 }
 
 // JSON writes the report as JSON (every sample), for later tools.
@@ -33,8 +36,7 @@ func (r *Report) JSON(w io.Writer) error {
 // NotYet lists what the harness does not measure yet (issue 15 and 16).
 var NotYet = []string{
 	"mode `profile`: " + ProfileWaits,
-	"images: python3 with numpy and scipy (ready when `import numpy, scipy` prints); a ~2 GiB image whose app reads one 20 MB file; a Java (openjdk-17-jre-headless) or Node.js app",
-	"bytes the container read through the device before ready (from the agent's read log)",
+	"the target \"the default config's time to ready within 5% of the same run with background fetch off\": no mode runs sluiced with background fetch off yet",
 }
 
 // Markdown writes the report: machine, settings, one table per link with
@@ -76,6 +78,16 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("- Modes: `full` is containerd's overlayfs with an ordinary pull; `lazy` is sluiced (proxy snapshotter; portable attach where the kernel has no nbd driver) with this config, every other field at its default (background fetch on):\n\n")
 	p("```toml\n%s```\n\n", r.AgentConfig)
 	p("- Node states: %s. `fresh` is a new node; on a `shared-base` node another image with the same base (the image plus another small top layer) ran to its ready line first (and, lazy, its background fetch completed), and the measured image is the image plus its own small top layer (a few hundred bytes).\n", joinStates(c.States))
+	if len(c.ImageLinks) > 0 {
+		p("- Links: not every image on every link (a default run; `-links all` runs the whole matrix):")
+		for _, im := range c.Images {
+			if names, ok := c.ImageLinks[im]; ok {
+				p(" %s on %s;", im, strings.Join(names, ", "))
+			}
+		}
+		p("\n")
+	}
+	p("- Read through the device: sluiced's `sluice_read_bytes_total` from the pull to the ready line, the bytes its block reads served (uncompressed: the container's reads, the kernel's readahead, the mount's and probes' reads). \"fetched / read\" is the median over runs of the bytes through the link before ready (compressed chunks, manifests and indexes) over those, so it can fall below 1 on compressible images.\n")
 	p("- containerd: %s, configured as test/internal/containerdtest does (CRI; 1.6: config version 2 with `disable_snapshot_annotations = false`; 2.x: version 3, transfer service).\n", strings.Join(c.Containerds, ", "))
 
 	p("\n## Images\n\n")
@@ -90,14 +102,16 @@ func (r *Report) Markdown(w io.Writer) error {
 		if i < len(r.ChartFiles) {
 			p("![median time to ready, %s](%s)\n\n", link.Name, r.ChartFiles[i])
 		}
-		p("| image | node | containerd | mode | ready | pull | create | start | start→ready | fetched before ready | requests before ready | layer blobs before ready | total fetched | speedup vs full |\n")
-		p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		p("| image | node | containerd | mode | ready | pull | create | start | start→ready | fetched before ready | requests before ready | layer blobs before ready | read through device before ready | fetched / read | total fetched | speedup vs full |\n")
+		p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, im := range c.Images {
 			for _, st := range c.States {
 				for _, v := range c.Containerds {
 					for _, mode := range c.Modes {
 						if mode == Profile {
-							p("| %s | %s | %s | profile | %s | | | | | | | | | |\n", im, st, v, ProfileWaits)
+							if c.measured(im, link.Name) {
+								p("| %s | %s | %s | profile | %s | | | | | | | | | | | |\n", im, st, v, ProfileWaits)
+							}
 							continue
 						}
 						i := slices.IndexFunc(rows, func(r Row) bool {
@@ -113,11 +127,33 @@ func (r *Report) Markdown(w io.Writer) error {
 		}
 	}
 
+	p("\n## Targets\n\n")
+	p("Issue 15's targets, checked on the medians of mode `lazy` (sluiced's default config) above.\n\n")
+	checked := CheckTargets(rows)
+	p("| target | image | node | containerd | link | measured | bound | result |\n|---|---|---|---|---|---|---|---|\n")
+	for _, name := range TargetNames() {
+		found := false
+		for _, t := range checked {
+			if t.Name != name {
+				continue
+			}
+			found = true
+			verdict := "PASS"
+			if !t.Pass {
+				verdict = "FAIL"
+			}
+			p("| %s | %s | %s | %s | %s | %s | %g | %s |\n", name, t.Image, t.State, t.Containerd, t.Link, t.Text, t.Limit, verdict)
+		}
+		if !found {
+			p("| %s | | | | | not measured in this run | | |\n", name)
+		}
+	}
+
 	p("\n## Every run\n\n")
-	p("| link | image | node | containerd | mode | run | ready | pull | start→ready | fetched before ready | requests | total fetched | image complete after ready | sluiced fetched at ready (background part) | error |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| link | image | node | containerd | mode | run | ready | pull | start→ready | fetched before ready | requests | read through device before ready | total fetched | image complete after ready | sluiced fetched at ready (background part) | error |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.Samples {
-		total, complete, agent := "unknown", "", ""
+		total, complete, agent, read := "unknown", "", "", ""
 		if s.Total != nil {
 			total = mib(s.Total.Bytes)
 		}
@@ -126,14 +162,15 @@ func (r *Report) Markdown(w io.Writer) error {
 		}
 		if s.Mode != Full {
 			agent = fmt.Sprintf("%s (%s)", mib(s.AgentFetched), mib(s.AgentBackground))
+			read = mib(s.AgentRead)
 		}
 		errText := ""
 		if s.Err != "" {
 			errText = strings.ReplaceAll(strings.SplitN(s.Err, "\n", 2)[0], "|", "\\|")
 			total = ""
 		}
-		p("| %s | %s | %s | %s | %s | %d | %s | %s | %s | %s | %d | %s | %s | %s | %s |\n", s.Link, s.Image, s.State, s.Containerd, s.Mode, s.Run,
-			secs(s.Ready), secs(s.Pull), secs(s.AfterStart), mib(s.BeforeReady.Bytes), s.BeforeReady.Requests, total, complete, agent, errText)
+		p("| %s | %s | %s | %s | %s | %d | %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |\n", s.Link, s.Image, s.State, s.Containerd, s.Mode, s.Run,
+			secs(s.Ready), secs(s.Pull), secs(s.AfterStart), mib(s.BeforeReady.Bytes), s.BeforeReady.Requests, read, total, complete, agent, errText)
 	}
 
 	p("\n## Not measured yet\n\n")
@@ -146,7 +183,7 @@ func (r *Report) Markdown(w io.Writer) error {
 
 func (r Row) markdown() string {
 	if r.Runs == 0 {
-		return fmt.Sprintf("| %s | %s | %s | %s | all %d runs failed (see Every run) | | | | | | | | | |", r.Image, r.State, r.Containerd, r.Mode, r.Failed)
+		return fmt.Sprintf("| %s | %s | %s | %s | all %d runs failed (see Every run) | | | | | | | | | | | |", r.Image, r.State, r.Containerd, r.Mode, r.Failed)
 	}
 	total := "unknown"
 	if r.TotalRuns > 0 {
@@ -163,9 +200,16 @@ func (r Row) markdown() string {
 	if r.Failed > 0 {
 		ready += fmt.Sprintf(" (%d failed)", r.Failed)
 	}
-	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %s | %s |",
+	read, perRead := "", ""
+	if r.Mode != Full {
+		read = mib(r.Read)
+		if r.FetchedPerRead > 0 {
+			perRead = fmt.Sprintf("%.2fx", r.FetchedPerRead)
+		}
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |",
 		r.Image, r.State, r.Containerd, r.Mode, ready, secs(r.Pull), secs(r.Create), secs(r.Start), secs(r.AfterStart),
-		mib(r.BeforeReady.Bytes), r.BeforeReady.Requests, mib(r.BeforeReady.LayerBytes), total, speedup)
+		mib(r.BeforeReady.Bytes), r.BeforeReady.Requests, mib(r.BeforeReady.LayerBytes), read, perRead, total, speedup)
 }
 
 // secs formats d in seconds; a negative d (the ready line stamped before

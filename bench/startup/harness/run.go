@@ -39,6 +39,10 @@ type Sample struct {
 	// since the clock started.
 	AgentFetched    int64 `json:"agent_fetched_bytes,omitempty"`
 	AgentBackground int64 `json:"agent_background_bytes,omitempty"`
+	// AgentRead is what the node read through sluiced's devices from the
+	// pull to the ready line (sluice_read_bytes_total: the container's
+	// reads, the kernel's readahead, mount and probe reads; uncompressed).
+	AgentRead int64 `json:"agent_read_bytes,omitempty"`
 	// Complete is from the ready line to the image being complete in
 	// sluiced's cache.
 	Complete time.Duration `json:"complete_ns,omitempty"`
@@ -154,6 +158,7 @@ func (b *bench) measure(ctx context.Context, n *node, pt point, s *Sample) error
 	}
 	s.AgentFetched = int64(m.sum("sluice_fetched_bytes_total") - agentBefore.sum("sluice_fetched_bytes_total"))
 	s.AgentBackground = int64(m.sum("sluice_background_fetched_bytes_total") - agentBefore.sum("sluice_background_fetched_bytes_total"))
+	s.AgentRead = int64(m.sum("sluice_read_bytes_total") - agentBefore.sum("sluice_read_bytes_total"))
 	if err := n.agent.waitComplete(ctx, b.cfg.BackgroundTimeout); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Str("image", s.Image).Msg("total bytes unknown")
 		return nil

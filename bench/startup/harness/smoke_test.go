@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,8 +19,9 @@ import (
 // one link, page cache left alone. It checks what the numbers rest on: the
 // full pull fetched the image's layer through the proxy, the lazy start
 // fetched no layer blob yet read chunks (sluiced counted them) and its
-// background fetch completed the image, both reached the ready line, and
-// the report has their rows and the profile row.
+// background fetch completed the image, both reached the ready line, the
+// agent counted the bytes read through its device, and the report has
+// their rows, the profile row and the busybox target.
 func TestSmoke(t *testing.T) {
 	images := []string{"busybox"}
 	testutil.Require(t, testutil.Root, testutil.Tool(Tools(images)...), testutil.Device("/dev/fuse"), testutil.Loop)
@@ -93,6 +95,9 @@ func TestSmoke(t *testing.T) {
 	if lazy.AgentFetched <= 0 {
 		t.Errorf("sluiced fetched %d bytes by the ready line; the container read nothing through it?", lazy.AgentFetched)
 	}
+	if lazy.AgentRead <= 0 {
+		t.Errorf("sluiced served %d bytes of reads by the ready line (sluice_read_bytes_total); the container read nothing through it?", lazy.AgentRead)
+	}
 	if lazy.Total == nil || lazy.Total.Bytes < lazy.BeforeReady.Bytes {
 		t.Errorf("lazy start: total %+v after the background fetch, %+v before ready", lazy.Total, lazy.BeforeReady)
 	}
@@ -100,7 +105,10 @@ func TestSmoke(t *testing.T) {
 	if err := rep.Markdown(&md); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| busybox | fresh | containerd1.6 | full |", "| busybox | fresh | containerd1.6 | lazy |", "| busybox | fresh | containerd1.6 | profile | " + ProfileWaits} {
+	if i := slices.IndexFunc(rep.Targets, func(g Target) bool { return g.Image == "busybox" && strings.HasPrefix(g.Name, "busybox") }); i < 0 {
+		t.Errorf("no busybox target checked: %+v", rep.Targets)
+	}
+	for _, want := range []string{"## Targets", "| busybox | fresh | containerd1.6 | full |", "| busybox | fresh | containerd1.6 | lazy |", "| busybox | fresh | containerd1.6 | profile | " + ProfileWaits} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, md.String())
 		}

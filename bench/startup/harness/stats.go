@@ -19,6 +19,12 @@ type Row struct {
 	// fetch ended; TotalRuns counts them.
 	Total     traffic
 	TotalRuns int
+	// Read is the median of the bytes read through sluiced's devices
+	// before ready (Sample.AgentRead; 0 for a full pull), and FetchedPerRead
+	// the median over runs of the bytes fetched through the link before
+	// ready over them (0 when nothing was read).
+	Read           int64
+	FetchedPerRead float64
 	// Speedup is the full pull's median time to ready over this row's,
 	// in the same node state (0 when there is no full pull row to compare
 	// with).
@@ -66,6 +72,14 @@ func Rows(samples []Sample) []Row {
 				Bytes:      medianInt(ok, func(s Sample) int64 { return s.BeforeReady.Bytes }),
 				LayerBytes: medianInt(ok, func(s Sample) int64 { return s.BeforeReady.LayerBytes }),
 			}
+			r.Read = medianInt(ok, func(s Sample) int64 { return s.AgentRead })
+			var ratios []float64
+			for _, s := range ok {
+				if s.AgentRead > 0 {
+					ratios = append(ratios, float64(s.BeforeReady.Bytes)/float64(s.AgentRead))
+				}
+			}
+			r.FetchedPerRead = medianFloat(ratios)
 			var done []Sample
 			for _, s := range ok {
 				if s.Total != nil {
@@ -105,6 +119,19 @@ func medianInt(ss []Sample, f func(Sample) int64) int64 {
 	for i, s := range ss {
 		v[i] = f(s)
 	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// medianFloat is the median of v (0 if v is empty).
+func medianFloat(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
 	slices.Sort(v)
 	if len(v)%2 == 1 {
 		return v[len(v)/2]
