@@ -1,12 +1,11 @@
 package harness
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
-	"strconv"
 	"strings"
+
+	"github.com/sluice-project/sluice/test/testenv"
 )
 
 // metrics are the samples of a Prometheus text exposition: "name{labels}"
@@ -15,40 +14,11 @@ type metrics map[string]float64
 
 // scrape fetches and parses http://addr/metrics.
 func scrape(ctx context.Context, addr string) (metrics, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	m, err := testenv.GetMetrics(ctx, "http://"+addr+"/metrics")
 	if err != nil {
 		return nil, fmt.Errorf("sluiced /metrics: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("sluiced /metrics: %s", resp.Status)
-	}
-	m := metrics{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[line[:i]] = v
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("sluiced /metrics: %w", err)
-	}
-	return m, nil
+	return metrics(m), nil
 }
 
 // sum adds the samples of metric name over all its label values.
