@@ -343,6 +343,16 @@ func TestTrustSigned(t *testing.T) {
 		pod, podCfg := n.runPod("down")
 		id := n.createContainer(pod, podCfg, "reader", ti.ref, "/bin/sleep", "3600")
 		n.crictl("start", id)
+		// The image whole in the cache first (background fetch, which
+		// waits for the start's faults to stop): the registry is down
+		// from here on.
+		var pct float64
+		if err := waitFor(2*time.Minute, func() bool {
+			pct = n.labelled("sluice_image_percent_complete")
+			return pct >= 100
+		}); err != nil {
+			t.Fatalf("the image is %v%% in the cache after 2 min of background streaming", pct)
+		}
 		reg.Stop()
 		n.agent.stop(t)
 		if err := n.agent.start(e.sluiced); err != nil {
