@@ -23,6 +23,9 @@
 //     registry link: none of its range requests starts until reads have
 //     stopped faulting for a quiet window (WithBackgroundQuiet).
 //   - profile: the chunks a recorded start read, in order (see artifact.Profile).
+//   - stream: faults each starting where the fetch of the one before ended
+//     (a file read from start to end); readahead fetches ahead of it, in
+//     growing ranges (WithReadahead).
 //
 // The layers, one per file, each adding one thing:
 //
@@ -34,7 +37,9 @@
 //	store.go     Store: the content-addressed, crash-safe, bounded disk cache;
 //	             store_lru.go its reads, writes and eviction, hot.go its
 //	             in-memory layer
-//	image.go     Image: io.ReaderAt over the loader, per-read deadline
+//	image.go     Image: io.ReaderAt over the loader, per-read deadline;
+//	             readahead.go follows sequential streams of faults and
+//	             fetches ahead of them
 //	prefetch.go  profile first, then everything at a bounded rate
 //	             (ratelimit.go); recorder.go notes the order reads touch
 //	             chunks (the profile format is package artifact's)

@@ -36,6 +36,8 @@ type Image struct {
 
 	recMu sync.Mutex
 	rec   *recorder // nil unless WithRecording
+
+	streams *streams // nil without readahead
 }
 
 var _ interface {
@@ -74,6 +76,9 @@ func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Opt
 	}
 	if cfg.record {
 		im.rec = &recorder{seen: make([]bool, len(art.Index.Chunks))}
+	}
+	if cfg.readahead > 0 {
+		im.streams = &streams{max: min(cfg.readahead, cfg.maxRange)}
 	}
 	var fetch rangeFetcher = im.fetcher
 	if cfg.fetcher != nil {
@@ -146,7 +151,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	start := time.Now()
 	ctx, cancel := withTimeout(im.loader.base, im.cfg.readTimeout)
 	defer cancel()
-	data, misses, err := im.loader.load(ctx, idxs, foreground)
+	data, misses, err := im.loader.loadAhead(ctx, idxs, im.plan(first, last), foreground)
 	im.stats.hits.Add(int64(nonZero - misses))
 	im.stats.misses.Add(int64(misses))
 	if misses > 0 {
@@ -332,6 +337,7 @@ func (im *Image) Stats() Stats {
 		FaultLatency:     im.stats.faultLatency.snapshot(),
 		BackgroundDone:   im.stats.backgroundDone.Load(),
 		BackgroundYields: im.loader.sched.yields.Load(),
+		ReadaheadChunks:  im.stats.aheadChunks.Load(),
 	}
 	for _, c := range im.ix.Chunks {
 		switch {

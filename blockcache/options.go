@@ -19,6 +19,7 @@ type imageConfig struct {
 	quiet            time.Duration
 	burst            int64
 	record           bool
+	readahead        int64
 	fetchOpts        []FetchOption
 	fetcher          rangeFetcher // tests only
 	limiterClockHook func(*tokenBucket)
@@ -32,6 +33,7 @@ func defaultImageConfig() imageConfig {
 		artifactProfile: true,
 		rate:            DefaultBackgroundRate,
 		quiet:           DefaultBackgroundQuiet,
+		readahead:       DefaultReadahead,
 	}
 }
 
@@ -80,6 +82,25 @@ func WithBackgroundRate(bytesPerSecond int64) Option {
 // back as long as it does, for at most a minute after Open; after that the
 // background fetch yields fetch slots only, as with d 0.
 func WithBackgroundQuiet(d time.Duration) Option { return func(c *imageConfig) { c.quiet = max(d, 0) } }
+
+// WithReadahead fetches ahead of sequential faults (default
+// DefaultReadahead; 0: off). A fault that starts at the chunk where an
+// earlier fault's fetch ended (a file read from start to end, an
+// interpreter importing the files a package wrote side by side) continues
+// that stream, and its fetch covers twice the image bytes of the stream's
+// last one, up to maxBytes (and WithMaxRange): the faulting chunks first,
+// then the chunks after them, in one range request. A few streams are
+// followed at once; a fault continuing none fetches only its own chunks.
+//
+// Only the faulting chunks are foreground: the read waits for them alone,
+// they come first in the range, and the chunks ahead join the store as
+// background chunks until a read comes for them. The range request holds
+// its fetch slot until its last byte, so a fault elsewhere may wait for a
+// slot as long as one range takes, never longer: readahead never holds
+// the last free slot of WithConcurrency (unless that is 1).
+func WithReadahead(maxBytes int64) Option {
+	return func(c *imageConfig) { c.readahead = max(maxBytes, 0) }
+}
 
 // WithRecording records the order in which reads first touch chunks,
 // for Recorded (default off: a read then takes no lock for it).

@@ -35,6 +35,9 @@ type Stats struct {
 	// BackgroundYields counts background range requests that waited for
 	// reads to stop faulting (WithBackgroundQuiet).
 	BackgroundYields int64
+	// ReadaheadChunks counts chunks fetched ahead of sequential faults
+	// (WithReadahead).
+	ReadaheadChunks int64
 }
 
 // FaultLatencyBounds are the upper bounds of FaultLatency's buckets.
@@ -88,6 +91,7 @@ func (h *histogram) snapshot() Histogram {
 type counters struct {
 	bytesFetched, backgroundBytes, fetches atomic.Int64
 	hits, misses, corrupt                  atomic.Int64
+	aheadChunks                            atomic.Int64
 	reads, readErrors, timeouts            atomic.Int64
 	backgroundDone                         atomic.Bool
 	faultLatency                           *histogram
@@ -102,6 +106,7 @@ func (s *Stats) Add(o Stats) {
 	s.BytesFetched += o.BytesFetched
 	s.BackgroundBytes += o.BackgroundBytes
 	s.BackgroundYields += o.BackgroundYields
+	s.ReadaheadChunks += o.ReadaheadChunks
 	s.Fetches += o.Fetches
 	s.CacheHits += o.CacheHits
 	s.CacheMisses += o.CacheMisses
