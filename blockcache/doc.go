@@ -17,8 +17,9 @@
 //     (identical chunks of different images are stored once), bounded in
 //     bytes, evicting least recently used chunks that no reader holds.
 //   - fault: a read that needs at least one chunk the store does not have.
-//   - foreground: fetches a read waits for; background: prefetch of a
-//     profile's chunks and then of the rest of the image, which always
+//   - foreground: fetches a read waits for; background: prefetch of the
+//     filesystem's metadata, of a profile's chunks and then of the rest of
+//     the image, which always
 //     yields to foreground fetches; the rest of the image also yields the
 //     registry link: none of its range requests starts until reads have
 //     stopped faulting for a quiet window (WithBackgroundQuiet).
@@ -40,7 +41,9 @@
 //	image.go     Image: io.ReaderAt over the loader, per-read deadline;
 //	             readahead.go follows sequential streams of faults and
 //	             fetches ahead of them
-//	prefetch.go  profile first, then everything at a bounded rate
+//	prefetch.go  filesystem metadata first (metadata.go, found from the
+//	             ext4 superblock and group descriptors, ext4meta.go), then
+//	             the profile, then everything at a bounded rate
 //	             (ratelimit.go); recorder.go notes the order reads touch
 //	             chunks (the profile format is package artifact's)
 //	stats.go     per-image counters and the fault latency histogram

@@ -98,7 +98,7 @@ func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Opt
 			cfg.limiterClockHook(im.limiter)
 		}
 	}
-	if cfg.profile != nil || (cfg.artifactProfile && art.Profile != nil) || cfg.rate > 0 {
+	if cfg.metadataFirst || cfg.profile != nil || (cfg.artifactProfile && art.Profile != nil) || cfg.rate > 0 {
 		im.bg.Add(1)
 		go im.prefetch(base)
 	}
@@ -338,6 +338,7 @@ func (im *Image) Stats() Stats {
 		BackgroundDone:   im.stats.backgroundDone.Load(),
 		BackgroundYields: im.loader.sched.yields.Load(),
 		ReadaheadChunks:  im.stats.aheadChunks.Load(),
+		MetadataChunks:   im.stats.metadataChunks.Load(),
 	}
 	for _, c := range im.ix.Chunks {
 		switch {

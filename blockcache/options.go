@@ -20,6 +20,7 @@ type imageConfig struct {
 	burst            int64
 	record           bool
 	readahead        int64
+	metadataFirst    bool
 	fetchOpts        []FetchOption
 	fetcher          rangeFetcher // tests only
 	limiterClockHook func(*tokenBucket)
@@ -34,6 +35,7 @@ func defaultImageConfig() imageConfig {
 		rate:            DefaultBackgroundRate,
 		quiet:           DefaultBackgroundQuiet,
 		readahead:       DefaultReadahead,
+		metadataFirst:   true,
 	}
 }
 
@@ -101,6 +103,16 @@ func WithBackgroundQuiet(d time.Duration) Option { return func(c *imageConfig) {
 func WithReadahead(maxBytes int64) Option {
 	return func(c *imageConfig) { c.readahead = max(maxBytes, 0) }
 }
+
+// WithMetadataFirst fetches, at Open, the chunks of the ext4 image's
+// metadata (superblock, group descriptors, bitmaps, inode tables, then the
+// blocks of directories) before the profile and the background fetch
+// (default true). Found from the filesystem itself, read through the
+// image: an image whose superblock is not one this reads is logged and
+// served all the same. It runs at background priority, so reads go first,
+// but does not wait for the quiet window of WithBackgroundQuiet: a
+// starting container reads its filesystem's metadata first.
+func WithMetadataFirst(on bool) Option { return func(c *imageConfig) { c.metadataFirst = on } }
 
 // WithRecording records the order in which reads first touch chunks,
 // for Recorded (default off: a read then takes no lock for it).

@@ -36,8 +36,9 @@ type Stats struct {
 	// reads to stop faulting (WithBackgroundQuiet).
 	BackgroundYields int64
 	// ReadaheadChunks counts chunks fetched ahead of sequential faults
-	// (WithReadahead).
-	ReadaheadChunks int64
+	// (WithReadahead); MetadataChunks the chunks of filesystem metadata
+	// fetched, or found cached, at Open (WithMetadataFirst).
+	ReadaheadChunks, MetadataChunks int64
 }
 
 // FaultLatencyBounds are the upper bounds of FaultLatency's buckets.
@@ -91,7 +92,7 @@ func (h *histogram) snapshot() Histogram {
 type counters struct {
 	bytesFetched, backgroundBytes, fetches atomic.Int64
 	hits, misses, corrupt                  atomic.Int64
-	aheadChunks                            atomic.Int64
+	aheadChunks, metadataChunks            atomic.Int64
 	reads, readErrors, timeouts            atomic.Int64
 	backgroundDone                         atomic.Bool
 	faultLatency                           *histogram
@@ -107,6 +108,7 @@ func (s *Stats) Add(o Stats) {
 	s.BackgroundBytes += o.BackgroundBytes
 	s.BackgroundYields += o.BackgroundYields
 	s.ReadaheadChunks += o.ReadaheadChunks
+	s.MetadataChunks += o.MetadataChunks
 	s.Fetches += o.Fetches
 	s.CacheHits += o.CacheHits
 	s.CacheMisses += o.CacheMisses
