@@ -70,6 +70,12 @@ func (im *Image) plan(first, last int) []int {
 		// delivered: the read joins that fetch.
 		return nil
 	}
+	if int(im.loader.aheadGroups.Load()) >= im.loader.aheadLimit() {
+		// No fetch slot to spare for readahead: the stream goes on, its
+		// window kept for the next fault.
+		s.lo, s.next = first, last+1
+		return nil
+	}
 	window := min(max(2*s.window, fault), max(st.max, fault))
 	var comp int64
 	for i := first; i <= last; i++ {

@@ -82,3 +82,35 @@ func TestReadaheadRandomFetchesNoMore(t *testing.T) {
 		t.Errorf("%d chunks fetched ahead of random reads", s.ReadaheadChunks)
 	}
 }
+
+func TestReadaheadChunksStayBackground(t *testing.T) {
+	e := newEnv(t)
+	first := adjacentRun(t, e, 8)
+	im := e.open()
+	// The second read continues the first: chunks first+2.. come ahead.
+	e.readChunks(im, []int{first, first + 1})
+	ix := e.art.Index
+	if !e.store.hot.has(ix.Chunks[first+1].Digest) {
+		t.Fatal("the faulting chunk is not in the store's memory")
+	}
+	if !e.store.Has(ix.Chunks[first+2].Digest) || e.store.hot.has(ix.Chunks[first+2].Digest) {
+		t.Errorf("the chunk read ahead: stored %v, in memory %v; want stored, not in memory (no read came for it)",
+			e.store.Has(ix.Chunks[first+2].Digest), e.store.hot.has(ix.Chunks[first+2].Digest))
+	}
+}
+
+func TestReadaheadLeavesASlot(t *testing.T) {
+	const n = 12
+	e := newEnv(t)
+	first := adjacentRun(t, e, n)
+	im := e.open(WithConcurrency(2))
+	// One group carrying readahead holds a slot: with two, no more.
+	im.loader.aheadGroups.Store(1)
+	var order []int
+	for i := first; i < first+n; i++ {
+		order = append(order, i)
+	}
+	if gets, _ := e.readChunks(im, order); gets != n || im.Stats().ReadaheadChunks != 0 {
+		t.Errorf("readahead at its bound: %d requests for %d sequential reads, %d chunks ahead; want %d, 0", gets, n, im.Stats().ReadaheadChunks, n)
+	}
+}
