@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path"
@@ -18,6 +20,9 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/sluice-project/sluice/imageconv"
+	"github.com/sluice-project/sluice/imageconv/artifact"
+	"github.com/sluice-project/sluice/test/testutil"
 )
 
 // ext4MetadataBlocks lists the blocks of the fixture's ext4 metadata as
@@ -198,4 +203,96 @@ func TestSuperblockCorrupt(t *testing.T) {
 	if err := l.groups(gdt, size); !errors.Is(err, errNoExt4) {
 		t.Errorf("an inode table past the end: %v, want errNoExt4", err)
 	}
+}
+
+// TestMetadataFirstManyDirectories: an image of several block groups and
+// hundreds of directories (an interpreter's library tree, in small):
+// metadata first fetches every chunk of metadata e2fsprogs lists, the
+// directories' included, in a few range requests, and no file data.
+func TestMetadataFirstManyDirectories(t *testing.T) {
+	ctx := context.Background()
+	counter := &faultHandler{next: testutil.NewRegistry()}
+	host := testutil.Serve(t, counter)
+	files := map[string][]byte{
+		// Past one block group (128 MiB): zeros, which cost nothing.
+		"big/zeros.bin": make([]byte, 136<<20),
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	for d := range 300 {
+		for f := range 6 {
+			b := make([]byte, 1000+rng.IntN(6000))
+			for i := range b {
+				b[i] = byte(rng.Uint32())
+			}
+			files[fmt.Sprintf("lib/pkg%03d/sub/mod%d.py", d, f)] = b
+		}
+	}
+	layer, err := tarLayer(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/meta/app:v1"
+	if err := pushImage(ref, layer); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	opts := []imageconv.Option{imageconv.WithPlainHTTP(), imageconv.WithWorkDir(work), imageconv.WithChunkSize(64 << 10)}
+	if _, err := imageconv.Convert(ctx, ref, opts...); err != nil {
+		t.Fatalf("convert: %v", err)
+	}
+	art, err := artifact.Lookup(ctx, ref, artifact.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(work, "image.ext4")
+	if err := imageconv.Export(ctx, ref, out, opts...); err != nil {
+		t.Fatal(err)
+	}
+	image, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter.set(func(h *faultHandler) { h.blobPath = "/v2/meta/app/blobs/" + art.Data.Digest.String() })
+	if l, err := superblock(image[sbOffset:sbOffset+sbSize], int64(len(image))); err != nil || l.gdtLen/l.descSize < 2 {
+		t.Fatalf("want an image of several block groups: %v, %+v", err, l)
+	}
+	ix := art.Index
+	meta := map[[32]byte]bool{}
+	var want []int
+	for _, b := range ext4MetadataBlocks(t, image) {
+		i := int(b * 4096 / ix.ChunkSize)
+		if c := ix.Chunks[i]; !c.Zero() && !meta[c.Digest] {
+			meta[c.Digest] = true
+			want = append(want, i)
+		}
+	}
+	store := openStore(t, t.TempDir(), 1<<30)
+	im, err := Open(ctx, art, store, WithBackgroundRate(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the metadata chunks", func() bool {
+		for _, i := range want {
+			if !store.Has(ix.Chunks[i].Digest) {
+				return false
+			}
+		}
+		return true
+	})
+	im.Close()
+	var data []int
+	for i, c := range ix.Chunks {
+		if !c.Zero() && !meta[c.Digest] && store.Has(c.Digest) {
+			data = append(data, i)
+		}
+	}
+	s := im.Stats()
+	gets, ranges := counter.counts()
+	if len(data) > 0 {
+		t.Errorf("data chunks %v fetched at Open, beyond the %d metadata chunks", data, len(want))
+	}
+	if gets > 8 {
+		t.Errorf("%d range requests for %d metadata chunks, want a few: %q", gets, len(want), ranges)
+	}
+	t.Logf("%d metadata chunks of %d (%d stored): %d range requests %q, %d bytes", len(want), len(ix.Chunks), len(ix.Chunks)-ix.ZeroChunks(), gets, ranges, s.BytesFetched)
 }
