@@ -114,3 +114,26 @@ func TestReadaheadLeavesASlot(t *testing.T) {
 		t.Errorf("readahead at its bound: %d requests for %d sequential reads, %d chunks ahead; want %d, 0", gets, n, im.Stats().ReadaheadChunks, n)
 	}
 }
+
+// TestReadaheadSmallReads reads a run of chunks in pieces smaller than a
+// chunk, as a reader of file after file of an interpreter's library does:
+// reads served from chunks fetched ahead, or waiting for them, keep the
+// stream going.
+func TestReadaheadSmallReads(t *testing.T) {
+	const n = 40
+	const piece = 12 << 10 // not a divisor of the chunk size
+	e := newEnv(t)
+	first := adjacentRun(t, e, n)
+	start, _ := e.chunkRange(first)
+	end, _ := e.chunkRange(first + n)
+	im := e.open()
+	for off := start; off < end; off += piece {
+		e.read(im, off, min(piece, end-off))
+	}
+	im.Close()
+	gets, _ := e.faults.counts()
+	if limit := bits.Len(n) + 2; gets > limit {
+		t.Fatalf("%d-byte sequential reads over %d chunks: %d range requests, want at most %d", piece, n, gets, limit)
+	}
+	t.Logf("%d-byte sequential reads over %d chunks: %d range requests", piece, n, gets)
+}
