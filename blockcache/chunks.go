@@ -120,13 +120,15 @@ func newDecoder(chunkSize int64) (*zstd.Decoder, error) {
 // missing ones at priority p. misses counts the chunks that were not in the
 // store.
 func (l *loader) load(ctx context.Context, idxs []int, p priority) (out [][]byte, misses int, err error) {
-	return l.loadAhead(ctx, idxs, nil, p)
+	return l.loadAhead(ctx, idxs, nil, p, nil)
 }
 
 // loadAhead is load that also starts fetching chunks ahead, in the same
 // range request as the missing chunks of idxs where the data blob has
 // them next to each other (see readahead.go). It does not wait for them.
-func (l *loader) loadAhead(ctx context.Context, idxs, ahead []int, p priority) (out [][]byte, misses int, err error) {
+// *taken is set to how many chunks of ahead, from its start, are fetched
+// (or zero chunks, which need no fetch).
+func (l *loader) loadAhead(ctx context.Context, idxs, ahead []int, p priority, taken *int) (out [][]byte, misses int, err error) {
 	fg := p == foreground
 	out = make([][]byte, len(idxs))
 	var need []int // positions in idxs
@@ -148,7 +150,7 @@ func (l *loader) loadAhead(ctx context.Context, idxs, ahead []int, p priority) (
 	// A fetch joined late may fail on its own deadline while this read
 	// still has time: then start another.
 	for len(need) > 0 {
-		calls, groups, err := l.start(ctx, idxs, need, ahead, p)
+		calls, groups, err := l.start(ctx, idxs, need, ahead, p, taken)
 		if err != nil {
 			return nil, misses, err
 		}
@@ -201,9 +203,10 @@ func (l *loader) loadAhead(ctx context.Context, idxs, ahead []int, p priority) (
 }
 
 // start joins fetches in flight and sets up new ones for the rest, and for
-// the chunks of ahead up to the first one cached, in flight or repeated,
-// which the caller launches.
-func (l *loader) start(ctx context.Context, idxs, need, ahead []int, p priority) (map[[32]byte]*call, []*fetchGroup, error) {
+// the chunks of ahead up to the first one cached, in flight, repeated or
+// not next in the data blob (*taken says how many), which the caller
+// launches.
+func (l *loader) start(ctx context.Context, idxs, need, ahead []int, p priority, taken *int) (map[[32]byte]*call, []*fetchGroup, error) {
 	fg := p == foreground
 	calls := make(map[[32]byte]*call, len(need))
 	var owned []*call
@@ -249,23 +252,27 @@ func (l *loader) start(ctx context.Context, idxs, need, ahead []int, p priority)
 				end = c.Offset + uint64(c.Length)
 			}
 		}
+		n := 0
 		for _, i := range ahead {
 			ch := l.ix.Chunks[i]
 			d := ch.Digest
-			if ch.Zero() {
-				continue
+			if !ch.Zero() {
+				if _, ok := calls[d]; ok || ch.Offset != end {
+					break
+				}
+				if _, ok := l.inflight[d]; ok || l.store.Has(d) {
+					break
+				}
+				end = ch.Offset + uint64(ch.Length)
+				c := &call{index: i, done: make(chan struct{}), stored: make(chan struct{}), ahead: true}
+				l.inflight[d] = c
+				owned = append(owned, c)
+				l.stats.aheadChunks.Add(1)
 			}
-			if _, ok := calls[d]; ok || ch.Offset != end {
-				break
-			}
-			if _, ok := l.inflight[d]; ok || l.store.Has(d) {
-				break
-			}
-			end = ch.Offset + uint64(ch.Length)
-			c := &call{index: i, done: make(chan struct{}), stored: make(chan struct{}), ahead: true}
-			l.inflight[d] = c
-			owned = append(owned, c)
-			l.stats.aheadChunks.Add(1)
+			n++
+		}
+		if taken != nil {
+			*taken = n
 		}
 	}
 	groups := l.group(owned, p)

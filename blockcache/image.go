@@ -151,7 +151,11 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	start := time.Now()
 	ctx, cancel := withTimeout(im.loader.base, im.cfg.readTimeout)
 	defer cancel()
-	data, misses, err := im.loader.loadAhead(ctx, idxs, im.plan(first, last), foreground)
+	ahead, taken := im.plan(first, last), 0
+	data, misses, err := im.loader.loadAhead(ctx, idxs, ahead, foreground, &taken)
+	if taken < len(ahead) {
+		im.streams.cut(first, last+1+taken)
+	}
 	im.stats.hits.Add(int64(nonZero - misses))
 	im.stats.misses.Add(int64(misses))
 	if misses > 0 {

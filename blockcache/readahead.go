@@ -48,7 +48,15 @@ func (im *Image) plan(first, last int) []int {
 	st.tick++
 	var s *stream
 	for k := range st.s {
-		if c := &st.s[k]; c.used != 0 && c.lo <= first && first <= c.next {
+		c := &st.s[k]
+		if c.used == 0 {
+			continue
+		}
+		// A fault past the stream's end continues it when all it skipped
+		// is at hand (chunks shared with an image run before, metadata
+		// fetched first), within a window: the reads in between did not
+		// fault.
+		if c.lo <= first && (first <= c.next || int64(first-c.next) <= c.window/cs && im.present(c.next, first)) {
 			s = c
 			break
 		}
@@ -94,4 +102,28 @@ func (im *Image) plan(first, last int) []int {
 	}
 	*s = stream{lo: first, next: last + 1 + len(ahead), window: window, used: st.tick}
 	return ahead
+}
+
+// cut ends the latest fetch of the stream whose fault began at chunk
+// first at chunk next, when fewer chunks were fetched ahead than planned
+// (some cached, in flight or elsewhere in the data blob): the fault at
+// next continues the stream.
+func (st *streams) cut(first, next int) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for k := range st.s {
+		if s := &st.s[k]; s.used != 0 && s.lo == first && s.next > next {
+			s.next = next
+		}
+	}
+}
+
+// present says whether chunks [from, to) are all zero or in the store.
+func (im *Image) present(from, to int) bool {
+	for i := from; i < to; i++ {
+		if c := im.ix.Chunks[i]; !c.Zero() && !im.store.Has(c.Digest) {
+			return false
+		}
+	}
+	return true
 }

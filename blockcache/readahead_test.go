@@ -137,3 +137,23 @@ func TestReadaheadSmallReads(t *testing.T) {
 	}
 	t.Logf("%d-byte sequential reads over %d chunks: %d range requests", piece, n, gets)
 }
+
+// TestReadaheadAcrossCachedChunks: chunks already cached in the middle of
+// a sequential read (shared with an image run before, or fetched as
+// metadata) end a fetch ahead, and the stream goes on past them.
+func TestReadaheadAcrossCachedChunks(t *testing.T) {
+	const n = 40
+	e := newEnv(t)
+	first := adjacentRun(t, e, n)
+	cached := []int{first + 4, first + 10, first + 25}
+	e.readChunks(e.open(WithReadahead(0)), cached)
+	var order []int
+	for i := first; i < first+n; i++ {
+		order = append(order, i)
+	}
+	gets, _ := e.readChunks(e.open(), order)
+	if limit := bits.Len(n) + 1 + len(cached); gets > limit {
+		t.Fatalf("%d sequential reads past %d cached chunks: %d range requests, want at most %d", n, len(cached), gets, limit)
+	}
+	t.Logf("%d sequential reads past %d cached chunks: %d range requests", n, len(cached), gets)
+}
