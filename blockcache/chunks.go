@@ -61,6 +61,10 @@ type loader struct {
 	// unstored counts the bytes of verified chunks not yet handed to the
 	// store; unstoredPeak is its high mark.
 	unstored, unstoredPeak atomic.Int64
+
+	// aheadGroups counts the fetch groups carrying readahead that have not
+	// finished their range request (see aheadLimit).
+	aheadGroups atomic.Int32
 }
 
 // call is one chunk being fetched; every reader that needs it waits on
@@ -71,7 +75,13 @@ type call struct {
 	stored chan struct{} // closed once the store has been written (or failed)
 	data   []byte
 	err    error
-	fg     *atomic.Bool // the priority of the fetch it belongs to
+	// gfg is the priority of the fetch it belongs to; fg the chunk's own
+	// (a reader waits for it: it goes to the store's memory). They are
+	// one, save for a readahead chunk, which is not foreground until a
+	// reader comes for it, even in a range a fault fetches.
+	gfg, fg *atomic.Bool
+	ahead   bool        // fetched ahead of a sequential stream of faults
+	own     atomic.Bool // fg of a readahead chunk
 	// slot is the store's decoded budget this call holds from decode to
 	// finish; finished says finish ran (its group stored it early).
 	slot     int64
@@ -86,6 +96,7 @@ type fetchGroup struct {
 	fg       atomic.Bool
 	yield    bool // a background fetch that waits for the quiet window (see scheduler)
 	stored   bool // verifyGroup stored each chunk as it verified it
+	ahead    bool // holds readahead chunks: counted in loader.aheadGroups
 }
 
 // priority is what a load is for: a read waiting (foreground), the
@@ -109,6 +120,15 @@ func newDecoder(chunkSize int64) (*zstd.Decoder, error) {
 // missing ones at priority p. misses counts the chunks that were not in the
 // store.
 func (l *loader) load(ctx context.Context, idxs []int, p priority) (out [][]byte, misses int, err error) {
+	return l.loadAhead(ctx, idxs, nil, p, nil)
+}
+
+// loadAhead is load that also starts fetching chunks ahead, in the same
+// range request as the missing chunks of idxs where the data blob has
+// them next to each other (see readahead.go). It does not wait for them.
+// *taken is set to how many chunks of ahead, from its start, are fetched
+// (or zero chunks, which need no fetch).
+func (l *loader) loadAhead(ctx context.Context, idxs, ahead []int, p priority, taken *int) (out [][]byte, misses int, err error) {
 	fg := p == foreground
 	out = make([][]byte, len(idxs))
 	var need []int // positions in idxs
@@ -130,17 +150,20 @@ func (l *loader) load(ctx context.Context, idxs []int, p priority) (out [][]byte
 	// A fetch joined late may fail on its own deadline while this read
 	// still has time: then start another.
 	for len(need) > 0 {
-		calls, groups, err := l.start(ctx, idxs, need, p)
+		calls, groups, err := l.start(ctx, idxs, need, ahead, p, taken)
 		if err != nil {
 			return nil, misses, err
 		}
-		if fg && len(groups) > 0 {
+		ahead = nil
+		if fg && len(groups) > 0 && !groups[0].ahead {
 			// The first new fetch runs on this goroutine, within this
 			// read's deadline: its bytes are decoded as they arrive and the
 			// read is answered with no hand-off between goroutines. A read
 			// that joined it and still has time when this read's deadline
 			// ends it starts another (below). The chunk files are written
-			// after this read is answered.
+			// after this read is answered. A group carrying readahead runs
+			// on a goroutine of its own: the read waits only for its
+			// chunks, which come first in the range.
 			l.launch(groups[1:])
 			l.fetchGroup(ctx, groups[0])
 			go l.storeGroup(groups[0])
@@ -179,9 +202,11 @@ func (l *loader) load(ctx context.Context, idxs []int, p priority) (out [][]byte
 	return out, misses, nil
 }
 
-// start joins fetches in flight and sets up new ones for the rest, which
-// the caller launches.
-func (l *loader) start(ctx context.Context, idxs, need []int, p priority) (map[[32]byte]*call, []*fetchGroup, error) {
+// start joins fetches in flight and sets up new ones for the rest, and for
+// the chunks of ahead up to the first one cached, in flight, repeated or
+// not next in the data blob (*taken says how many), which the caller
+// launches.
+func (l *loader) start(ctx context.Context, idxs, need, ahead []int, p priority, taken *int) (map[[32]byte]*call, []*fetchGroup, error) {
 	fg := p == foreground
 	calls := make(map[[32]byte]*call, len(need))
 	var owned []*call
@@ -198,8 +223,11 @@ func (l *loader) start(ctx context.Context, idxs, need []int, p priority) (map[[
 			continue
 		}
 		if c, ok := l.inflight[d]; ok {
-			if fg && !c.fg.Swap(true) {
-				promote = true
+			if fg {
+				c.fg.Store(true)
+				if !c.gfg.Swap(true) {
+					promote = true
+				}
 			}
 			calls[d] = c
 			continue
@@ -214,6 +242,38 @@ func (l *loader) start(ctx context.Context, idxs, need []int, p priority) (map[[
 		l.inflight[d] = c
 		calls[d] = c
 		owned = append(owned, c)
+	}
+	if len(ahead) > 0 && int(l.aheadGroups.Load()) < l.aheadLimit() {
+		// Chunks ahead ride in the fault's range: each must be next in
+		// the data blob.
+		var end uint64
+		for _, i := range idxs {
+			if c := l.ix.Chunks[i]; !c.Zero() {
+				end = c.Offset + uint64(c.Length)
+			}
+		}
+		n := 0
+		for _, i := range ahead {
+			ch := l.ix.Chunks[i]
+			d := ch.Digest
+			if !ch.Zero() {
+				if _, ok := calls[d]; ok || ch.Offset != end {
+					break
+				}
+				if _, ok := l.inflight[d]; ok || l.store.Has(d) {
+					break
+				}
+				end = ch.Offset + uint64(ch.Length)
+				c := &call{index: i, done: make(chan struct{}), stored: make(chan struct{}), ahead: true}
+				l.inflight[d] = c
+				owned = append(owned, c)
+				l.stats.aheadChunks.Add(1)
+			}
+			n++
+		}
+		if taken != nil {
+			*taken = n
+		}
 	}
 	groups := l.group(owned, p)
 	l.wg.Add(len(groups))
@@ -249,21 +309,40 @@ func (l *loader) group(owned []*call, p priority) []*fetchGroup {
 		off, end := int64(ch.Offset), int64(ch.Offset)+int64(ch.Length)
 		if g == nil || off != g.end || end-g.off > l.maxRange {
 			g = &fetchGroup{off: off, end: off}
-			g.fg.Store(p == foreground)
 			g.yield = p == backgroundYielding
 			groups = append(groups, g)
 		}
 		g.end = end
 		g.calls = append(g.calls, c)
-		c.fg = &g.fg
+		c.gfg, c.fg = &g.fg, &g.fg
+		if c.ahead {
+			c.fg = &c.own
+			g.ahead = true
+		} else if p == foreground {
+			// A group of readahead alone is background: no reader waits
+			// for it yet.
+			g.fg.Store(true)
+		}
+	}
+	for _, g := range groups {
+		if g.ahead {
+			l.aheadGroups.Add(1)
+		}
 	}
 	return groups
 }
+
+// aheadLimit bounds the fetch groups carrying readahead at once: one fetch
+// slot always stays for a fault elsewhere (unless there is only one).
+func (l *loader) aheadLimit() int { return max(l.sched.slots-1, 1) }
 
 // run fetches a group, verifies each chunk and wakes its waiters, then
 // stores the group's chunks.
 func (l *loader) run(g *fetchGroup) {
 	l.fetchGroup(l.base, g)
+	if g.ahead {
+		l.aheadGroups.Add(-1)
+	}
 	l.storeGroup(g)
 }
 

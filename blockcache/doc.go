@@ -17,12 +17,16 @@
 //     (identical chunks of different images are stored once), bounded in
 //     bytes, evicting least recently used chunks that no reader holds.
 //   - fault: a read that needs at least one chunk the store does not have.
-//   - foreground: fetches a read waits for; background: prefetch of a
-//     profile's chunks and then of the rest of the image, which always
+//   - foreground: fetches a read waits for; background: prefetch of the
+//     filesystem's metadata, of a profile's chunks and then of the rest of
+//     the image, which always
 //     yields to foreground fetches; the rest of the image also yields the
 //     registry link: none of its range requests starts until reads have
 //     stopped faulting for a quiet window (WithBackgroundQuiet).
 //   - profile: the chunks a recorded start read, in order (see artifact.Profile).
+//   - stream: faults each starting where the fetch of the one before ended
+//     (a file read from start to end); readahead fetches ahead of it, in
+//     growing ranges (WithReadahead).
 //
 // The layers, one per file, each adding one thing:
 //
@@ -34,8 +38,12 @@
 //	store.go     Store: the content-addressed, crash-safe, bounded disk cache;
 //	             store_lru.go its reads, writes and eviction, hot.go its
 //	             in-memory layer
-//	image.go     Image: io.ReaderAt over the loader, per-read deadline
-//	prefetch.go  profile first, then everything at a bounded rate
+//	image.go     Image: io.ReaderAt over the loader, per-read deadline;
+//	             readahead.go follows sequential streams of faults and
+//	             fetches ahead of them
+//	prefetch.go  filesystem metadata first (metadata.go, found from the
+//	             ext4 superblock and group descriptors, ext4meta.go), then
+//	             the profile, then everything at a bounded rate
 //	             (ratelimit.go); recorder.go notes the order reads touch
 //	             chunks (the profile format is package artifact's)
 //	stats.go     per-image counters and the fault latency histogram

@@ -204,8 +204,9 @@ func openStore(t testing.TB, dir string, limit int64, opts ...StoreOption) *Stor
 func (e *env) open(opts ...Option) *Image {
 	e.t.Helper()
 	fast := WithFetchOptions(WithBackoff(Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Factor: 2}))
-	// No background fetch unless a test asks for it: most count bytes.
-	im, err := Open(context.Background(), e.art, e.store, append([]Option{fast, WithReadTimeout(20 * time.Second), WithBackgroundRate(0)}, opts...)...)
+	// No background fetch, metadata's included, unless a test asks for
+	// it: most count bytes.
+	im, err := Open(context.Background(), e.art, e.store, append([]Option{fast, WithReadTimeout(20 * time.Second), WithBackgroundRate(0), WithMetadataFirst(false)}, opts...)...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

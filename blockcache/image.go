@@ -36,6 +36,8 @@ type Image struct {
 
 	recMu sync.Mutex
 	rec   *recorder // nil unless WithRecording
+
+	streams *streams // nil without readahead
 }
 
 var _ interface {
@@ -75,6 +77,9 @@ func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Opt
 	if cfg.record {
 		im.rec = &recorder{seen: make([]bool, len(art.Index.Chunks))}
 	}
+	if cfg.readahead > 0 {
+		im.streams = &streams{max: min(cfg.readahead, cfg.maxRange)}
+	}
 	var fetch rangeFetcher = im.fetcher
 	if cfg.fetcher != nil {
 		fetch = cfg.fetcher
@@ -93,7 +98,7 @@ func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Opt
 			cfg.limiterClockHook(im.limiter)
 		}
 	}
-	if cfg.profile != nil || (cfg.artifactProfile && art.Profile != nil) || cfg.rate > 0 {
+	if cfg.metadataFirst || cfg.profile != nil || (cfg.artifactProfile && art.Profile != nil) || cfg.rate > 0 {
 		im.bg.Add(1)
 		go im.prefetch(base)
 	}
@@ -147,7 +152,11 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	start := time.Now()
 	ctx, cancel := withTimeout(im.loader.base, im.cfg.readTimeout)
 	defer cancel()
-	data, misses, err := im.loader.load(ctx, idxs, foreground)
+	ahead, taken := im.plan(first, last), 0
+	data, misses, err := im.loader.loadAhead(ctx, idxs, ahead, foreground, &taken)
+	if taken < len(ahead) {
+		im.streams.cut(first, last+1+taken)
+	}
 	im.stats.hits.Add(int64(nonZero - misses))
 	im.stats.misses.Add(int64(misses))
 	if misses > 0 {
@@ -337,6 +346,8 @@ func (im *Image) Stats() Stats {
 		FaultLatency:     im.stats.faultLatency.snapshot(),
 		BackgroundDone:   im.stats.backgroundDone.Load(),
 		BackgroundYields: im.loader.sched.yields.Load(),
+		ReadaheadChunks:  im.stats.aheadChunks.Load(),
+		MetadataChunks:   im.stats.metadataChunks.Load(),
 	}
 	for _, c := range im.ix.Chunks {
 		switch {

@@ -88,7 +88,8 @@ func TestMirrorFallback(t *testing.T) {
 [host."http://`+testutil.Serve(t, goodNS)+`"]
   capabilities = ["pull"]
 `)
-	im := e.open(WithFetchOptions(WithHosts(hosts)))
+	// Reads of chunks one after another: no readahead, each is its own fetch.
+	im := e.open(WithFetchOptions(WithHosts(hosts)), WithReadahead(0))
 	originGets := func() int { n, _ := e.faults.counts(); return n }
 	goodGets := func() int { n, _ := good.counts(); return n }
 

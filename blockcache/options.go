@@ -19,6 +19,8 @@ type imageConfig struct {
 	quiet            time.Duration
 	burst            int64
 	record           bool
+	readahead        int64
+	metadataFirst    bool
 	fetchOpts        []FetchOption
 	fetcher          rangeFetcher // tests only
 	limiterClockHook func(*tokenBucket)
@@ -32,6 +34,8 @@ func defaultImageConfig() imageConfig {
 		artifactProfile: true,
 		rate:            DefaultBackgroundRate,
 		quiet:           DefaultBackgroundQuiet,
+		readahead:       DefaultReadahead,
+		metadataFirst:   true,
 	}
 }
 
@@ -80,6 +84,35 @@ func WithBackgroundRate(bytesPerSecond int64) Option {
 // back as long as it does, for at most a minute after Open; after that the
 // background fetch yields fetch slots only, as with d 0.
 func WithBackgroundQuiet(d time.Duration) Option { return func(c *imageConfig) { c.quiet = max(d, 0) } }
+
+// WithReadahead fetches ahead of sequential faults (default
+// DefaultReadahead; 0: off). A fault that starts at the chunk where an
+// earlier fault's fetch ended (a file read from start to end, an
+// interpreter importing the files a package wrote side by side) continues
+// that stream, and its fetch covers twice the image bytes of the stream's
+// last one, up to maxBytes (and WithMaxRange): the faulting chunks first,
+// then the chunks after them, in one range request. A few streams are
+// followed at once; a fault continuing none fetches only its own chunks.
+//
+// Only the faulting chunks are foreground: the read waits for them alone,
+// they come first in the range, and the chunks ahead join the store as
+// background chunks until a read comes for them. The range request holds
+// its fetch slot until its last byte, so a fault elsewhere may wait for a
+// slot as long as one range takes, never longer: readahead never holds
+// the last free slot of WithConcurrency (unless that is 1).
+func WithReadahead(maxBytes int64) Option {
+	return func(c *imageConfig) { c.readahead = max(maxBytes, 0) }
+}
+
+// WithMetadataFirst fetches, at Open, the chunks of the ext4 image's
+// metadata (superblock, group descriptors, bitmaps, inode tables, then the
+// blocks of directories) before the profile and the background fetch
+// (default true). Found from the filesystem itself, read through the
+// image: an image whose superblock is not one this reads is logged and
+// served all the same. It runs at background priority, so reads go first,
+// but does not wait for the quiet window of WithBackgroundQuiet: a
+// starting container reads its filesystem's metadata first.
+func WithMetadataFirst(on bool) Option { return func(c *imageConfig) { c.metadataFirst = on } }
 
 // WithRecording records the order in which reads first touch chunks,
 // for Recorded (default off: a read then takes no lock for it).

@@ -17,15 +17,19 @@ import (
 // after its Attempts passes the rest is left to reads.
 var passBackoff = Backoff{Initial: time.Second, Max: time.Minute, Factor: 2, Jitter: 0.2, Attempts: 8}
 
-// prefetch fetches the profile's chunks, unthrottled, then, with a
-// background rate, every other chunk through the token bucket. All of it
-// runs at background priority, so reads always go first; the pass over
-// every chunk also yields the link while reads fault (WithBackgroundQuiet):
-// the profile is what a starting container reads, so it does not wait.
+// prefetch fetches the filesystem's metadata and the profile's chunks,
+// unthrottled, then, with a background rate, every other chunk through the
+// token bucket. All of it runs at background priority, so reads always go
+// first; the pass over every chunk also yields the link while reads fault
+// (WithBackgroundQuiet): metadata and the profile are what a starting
+// container reads, so they do not wait.
 func (im *Image) prefetch(ctx context.Context) {
 	defer im.bg.Done()
 	log := zerolog.Ctx(ctx).With().Str("artifact", im.art.Descriptor.Digest.String()).Logger()
 	ctx = log.WithContext(ctx)
+	if im.cfg.metadataFirst {
+		im.prefetchMetadata(ctx)
+	}
 	prof := im.cfg.profile
 	if prof == nil && im.cfg.artifactProfile && im.art.Profile != nil {
 		p, err := im.fetchProfile(ctx)

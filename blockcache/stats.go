@@ -40,6 +40,10 @@ type Stats struct {
 	// BackgroundYields counts background range requests that waited for
 	// reads to stop faulting (WithBackgroundQuiet).
 	BackgroundYields int64
+	// ReadaheadChunks counts chunks fetched ahead of sequential faults
+	// (WithReadahead); MetadataChunks the chunks of filesystem metadata
+	// fetched, or found cached, at Open (WithMetadataFirst).
+	ReadaheadChunks, MetadataChunks int64
 }
 
 // FaultLatencyBounds are the upper bounds of FaultLatency's buckets.
@@ -93,6 +97,7 @@ func (h *histogram) snapshot() Histogram {
 type counters struct {
 	bytesFetched, backgroundBytes, fetches atomic.Int64
 	hits, misses, corrupt                  atomic.Int64
+	aheadChunks, metadataChunks            atomic.Int64
 	reads, readErrors, timeouts            atomic.Int64
 	bytesRead                              atomic.Int64
 	backgroundDone                         atomic.Bool
@@ -108,6 +113,8 @@ func (s *Stats) Add(o Stats) {
 	s.BytesFetched += o.BytesFetched
 	s.BackgroundBytes += o.BackgroundBytes
 	s.BackgroundYields += o.BackgroundYields
+	s.ReadaheadChunks += o.ReadaheadChunks
+	s.MetadataChunks += o.MetadataChunks
 	s.Fetches += o.Fetches
 	s.CacheHits += o.CacheHits
 	s.CacheMisses += o.CacheMisses

@@ -21,8 +21,8 @@ import (
 
 type serveFlags struct {
 	socket, tcp, cacheDir, cacheSize, rate, platform, memCache string
-	registryConfigPath                                         string
-	allowRemote                                                bool
+	registryConfigPath, readahead                              string
+	allowRemote, metadataFirst                                 bool
 	readTimeout, quiet                                         time.Duration
 	concurrency                                                int
 }
@@ -60,6 +60,8 @@ addresses unless --allow-remote is given. Stop with Ctrl-C or SIGTERM.`,
 	fl.StringVar(&f.cacheSize, "cache-size", cliutil.FormatSizeExact(blockcache.DefaultStoreSize), "bound of the chunk cache; least recently used chunks are evicted")
 	fl.StringVar(&f.memCache, "memory-cache", cliutil.FormatSizeExact(blockcache.DefaultHotBytes), "chunks also kept in memory, on top of the on-disk cache (warm reads are served from the chunk files either way)")
 	fl.StringVar(&f.rate, "background-rate", cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate), "bytes per second fetched in the background once the prefetch profile is done (0: no background fetch)")
+	fl.StringVar(&f.readahead, "readahead", cliutil.FormatSizeExact(blockcache.DefaultReadahead), "a fault continuing a sequential stream of faults fetches ahead of it, doubling from one chunk up to this many bytes of image per range request (0: off)")
+	fl.BoolVar(&f.metadataFirst, "metadata-first", true, "fetch each image's filesystem metadata (superblock, group descriptors, bitmaps, inode tables, directories) as soon as it is served, before its first reads")
 	fl.DurationVar(&f.quiet, "background-quiet", blockcache.DefaultBackgroundQuiet, "background fetch starts no range request until reads have stopped faulting (and the image has been open) this long (0: it yields fetch slots only)")
 	fl.StringVar(&f.platform, "platform", "", "platform of multi-platform IMAGEs (default: this machine's, linux/ARCH)")
 	fl.DurationVar(&f.readTimeout, "read-timeout", blockcache.DefaultReadTimeout, "a read that cannot be served in this time fails with EIO (the connection stays up)")
@@ -80,6 +82,10 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	if err != nil {
 		return fmt.Errorf("--background-rate: %w", err)
 	}
+	readahead, err := cliutil.ParseSize(f.readahead)
+	if err != nil {
+		return fmt.Errorf("--readahead: %w", err)
+	}
 	memCache, err := cliutil.ParseSize(f.memCache)
 	if err != nil {
 		return fmt.Errorf("--memory-cache: %w", err)
@@ -93,6 +99,8 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 	srcOpts := []source.Option{source.WithImageOptions(
 		blockcache.WithBackgroundRate(rate),
 		blockcache.WithBackgroundQuiet(f.quiet),
+		blockcache.WithReadahead(readahead),
+		blockcache.WithMetadataFirst(f.metadataFirst),
 		blockcache.WithReadTimeout(f.readTimeout),
 		blockcache.WithConcurrency(f.concurrency))}
 	if g.plainHTTP {

@@ -115,7 +115,9 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 			blockcache.WithReadTimeout(cfg.Cache.readTimeout),
 			blockcache.WithConcurrency(cfg.Cache.FetchConcurrency),
 			blockcache.WithBackgroundRate(cfg.Cache.backgroundRate),
-			blockcache.WithBackgroundQuiet(cfg.Cache.backgroundQuiet)),
+			blockcache.WithBackgroundQuiet(cfg.Cache.backgroundQuiet),
+			blockcache.WithReadahead(cfg.Cache.readahead),
+			blockcache.WithMetadataFirst(cfg.Cache.MetadataFirst)),
 	}
 	if len(cfg.PlainHTTP) > 0 {
 		srcOpts = append(srcOpts, source.WithPlainHTTP(cfg.PlainHTTP...))

@@ -113,6 +113,14 @@ type CacheConfig struct {
 	// image is opened); "0s" only yields fetch slots.
 	// Default "1s".
 	BackgroundQuiet string `toml:"background_quiet"`
+	// Readahead bounds the bytes one fetch of a sequential stream of
+	// faults covers, doubling from the faulting chunk; "0" turns readahead
+	// off. Default "4MiB".
+	Readahead string `toml:"readahead"`
+	// MetadataFirst fetches the chunks of an image's filesystem metadata
+	// (superblock, group descriptors, bitmaps, inode tables, directories)
+	// as soon as it is attached, before its first reads. Default true.
+	MetadataFirst bool `toml:"metadata_first"`
 	// ReadTimeout fails a block read with EIO after this long. Default "30s".
 	ReadTimeout string `toml:"read_timeout"`
 	// FetchConcurrency bounds range requests in flight per image. Default 4.
@@ -121,8 +129,8 @@ type CacheConfig struct {
 	// on-disk cache; "0" turns it off. Default "8MiB".
 	MemoryCache string `toml:"memory_cache"`
 
-	size, backgroundRate, memoryCache int64
-	readTimeout, backgroundQuiet      time.Duration
+	size, backgroundRate, memoryCache, readahead int64
+	readTimeout, backgroundQuiet                 time.Duration
 }
 
 func defaultConfig() Config {
@@ -145,6 +153,8 @@ func defaultConfig() Config {
 			Size:             cliutil.FormatSizeExact(blockcache.DefaultStoreSize),
 			BackgroundRate:   cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate),
 			BackgroundQuiet:  blockcache.DefaultBackgroundQuiet.String(),
+			Readahead:        cliutil.FormatSizeExact(blockcache.DefaultReadahead),
+			MetadataFirst:    true,
 			ReadTimeout:      blockcache.DefaultReadTimeout.String(),
 			FetchConcurrency: blockcache.DefaultConcurrency,
 			MemoryCache:      cliutil.FormatSizeExact(blockcache.DefaultHotBytes),
@@ -242,6 +252,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.backgroundQuiet, err = time.ParseDuration(c.Cache.BackgroundQuiet); err != nil || c.Cache.backgroundQuiet < 0 {
 		return fmt.Errorf("cache.background_quiet: want a duration such as \"1s\" (\"0s\": no window), got %q", c.Cache.BackgroundQuiet)
+	}
+	if c.Cache.readahead, err = cliutil.ParseSize(c.Cache.Readahead); err != nil {
+		return fmt.Errorf("cache.readahead: want a size such as \"4MiB\" (\"0\": off), got %q", c.Cache.Readahead)
 	}
 	if c.Cache.readTimeout, err = time.ParseDuration(c.Cache.ReadTimeout); err != nil || c.Cache.readTimeout <= 0 {
 		return fmt.Errorf("cache.read_timeout: want a duration such as \"30s\", got %q", c.Cache.ReadTimeout)

@@ -46,6 +46,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"[cache]\nread_timeout = \"-1s\"":                                "cache.read_timeout:",
 		"[cache]\nbackground_quiet = \"-1s\"":                            "cache.background_quiet:",
 		"[cache]\nbackground_quiet = \"soon\"":                           "cache.background_quiet:",
+		"[cache]\nreadahead = \"far\"":                                   "cache.readahead:",
+		"[cache]\nmetadata_first = \"yes\"":                              "metadata_first",
 		"[cache]\nfetch_concurrency = 0":                                 "cache.fetch_concurrency:",
 		"[cache]\nbogus = 1":                                             "unknown field cache.bogus",
 		`metrics_address = "0.0.0.0:9808"`:                               "metrics_address:",

@@ -14,7 +14,10 @@ import (
 )
 
 // serveOpts adjusts one `sluice serve` run. By default it serves e.image
-// from a fresh cache with --background-rate 0 and --read-timeout 3s.
+// from a fresh cache with --background-rate 0 and --read-timeout 3s, and
+// fetches nothing a read does not ask for (--readahead 0
+// --metadata-first=false): tests that inject faults into one chunk's
+// fetch, or count them, read the chunks they mean.
 type serveOpts struct {
 	images   []string // default: e.image
 	cacheDir string   // default: a new directory
@@ -63,7 +66,8 @@ func (e *env) startServer(t *testing.T, o serveOpts) *server {
 	s := &server{t: t, sock: o.sock, cacheDir: o.cacheDir, logPath: filepath.Join(dir, "serve.log"), done: make(chan struct{})}
 	args := []string{"serve", "--plain-http", "--log-level", "debug",
 		"--socket", s.sock, "--cache-dir", o.cacheDir, "--cache-size", "1GiB",
-		"--background-rate", "0", "--read-timeout", readTimeout.String()}
+		"--background-rate", "0", "--read-timeout", readTimeout.String(),
+		"--readahead", "0", "--metadata-first=false"}
 	if o.tcp != "" {
 		args = append(args, "--tcp", o.tcp)
 	}
