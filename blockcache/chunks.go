@@ -224,10 +224,15 @@ func (l *loader) start(ctx context.Context, idxs, need, ahead []int, p priority,
 		}
 		if c, ok := l.inflight[d]; ok {
 			if fg {
-				c.fg.Store(true)
+				// The group's flag first: for a chunk not fetched ahead,
+				// fg and gfg are the same flag, and setting it before the
+				// swap hid the promotion from the scheduler (a background
+				// fetch waiting for its quiet window then kept the fault
+				// waiting until the window ended).
 				if !c.gfg.Swap(true) {
 					promote = true
 				}
+				c.fg.Store(true)
 			}
 			calls[d] = c
 			continue
@@ -362,6 +367,16 @@ func (l *loader) storeGroup(g *fetchGroup) {
 // fetchGroup fetches a group within ctx, verifies each chunk and wakes its
 // waiters.
 func (l *loader) fetchGroup(ctx context.Context, g *fetchGroup) {
+	if g.yield {
+		// The quiet window first, holding nothing (see waitQuiet).
+		if err := l.sched.waitQuiet(ctx, &g.fg); err != nil {
+			for _, c := range g.calls {
+				l.wake(c, nil, fmt.Errorf("waiting to fetch: %w", err))
+			}
+			return
+		}
+		g.yield = false
+	}
 	// Hold the store-wide fetch memory until the raw bytes are decoded.
 	weight := min(g.end-g.off, fetchMemory)
 	if err := l.store.fetchMem.Acquire(ctx, weight); err != nil {

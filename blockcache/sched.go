@@ -124,6 +124,53 @@ func (s *scheduler) acquire(ctx context.Context, fg *atomic.Bool, yield bool) (f
 	}
 }
 
+// waitQuiet returns once the link has been quiet for the window (see
+// scheduler), or fg is set (a read came to wait for the fetch), holding
+// nothing: a fetch that waits for the window must not keep what other
+// fetches need (the store's fetch memory) meanwhile, or a fault of another
+// range waits out the window too. A fetch past it then waits for a slot as
+// any background fetch does.
+func (s *scheduler) waitQuiet(ctx context.Context, fg *atomic.Bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	counted := false
+	for {
+		now := time.Now()
+		if fg.Load() || s.quiet <= 0 || !now.Before(s.until) {
+			return nil
+		}
+		quietIn := min(s.quiet-now.Sub(s.lastFg), s.until.Sub(now))
+		if quietIn <= 0 {
+			return nil
+		}
+		if !counted {
+			s.yields.Add(1)
+			counted = true
+		}
+		if timer == nil {
+			timer = time.NewTimer(quietIn)
+		} else {
+			timer.Reset(quietIn)
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-timer.C:
+		case <-ctx.Done():
+			s.mu.Lock()
+			return ctx.Err()
+		}
+		s.mu.Lock()
+	}
+}
+
 func (s *scheduler) releaser(fg bool) func() {
 	var once sync.Once
 	return func() {
