@@ -28,16 +28,15 @@ const (
 	DefaultBackgroundRate = 50 << 20
 	// DefaultBackgroundQuiet is how long reads must have stopped faulting
 	// before the background fetch of every chunk starts a range request
-	// (WithBackgroundQuiet). Off for now: with a 1 s window busybox took
-	// 2.17 s from pull to ready through sluiced and CRI against 0.42 s
-	// without (bench/startup, 1G-2ms), as a fault of a chunk whose
-	// background fetch waited for the window was not promoted and waited
-	// it out. Fixed since (TestBackgroundWindowHoldsNoFetchMemory): two
-	// runs each at 1G-2ms, busybox 0.40 and 0.43 s with 1 s against 0.51
-	// and 0.48 s without, python3 1.69 and 1.62 s against 1.69 and 1.59 s,
-	// with 15.1 MB fetched before ready against 38.5 MB. The default turns
-	// to 1 s once the start-time report is measured with it.
-	DefaultBackgroundQuiet time.Duration = 0
+	// (WithBackgroundQuiet). A starting container's faults come in bursts
+	// separated by its own work, mostly well under a second apart; a
+	// background range of DefaultMaxRange (4 MiB) holds a 100 Mbit/s link
+	// for about a third of a second, which a fault arriving behind it
+	// waits out. Measured (bench/startup, 1 Gbit/s 2 ms, two runs each):
+	// python3 ready in 1.69 and 1.62 s with 1 s against 1.69 and 1.59 s
+	// with 0, 15.1 MB fetched before ready against 38.5 MB; busybox 0.40
+	// and 0.43 s against 0.51 and 0.48 s.
+	DefaultBackgroundQuiet = time.Second
 	// DefaultReadahead bounds the image bytes one fetch of a sequential
 	// stream of faults covers (WithReadahead), reached by doubling from
 	// the faulting chunk: at the default 256 KiB chunks, the fifth fault
