@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -27,9 +28,11 @@ import (
 
 func main() {
 	images := flag.String("images", strings.Join(harness.RecipeNames(), ","), "images to start, comma-separated: "+strings.Join(harness.RecipeNames(), ", "))
-	modes := flag.String("modes", "full,lazy,profile", "modes, comma-separated: full, lazy, profile (profile only says what it waits on)")
+	modes := flag.String("modes", "full,lazy,lazy-nobg,profile", "modes, comma-separated: full (containerd's overlayfs, ordinary pull), lazy (sluiced, default config), lazy-nobg (sluiced, background fetch off; fresh nodes only), profile (only says what it waits on)")
 	states := flag.String("states", "fresh,shared-base", "node states, comma-separated: fresh (a new node), shared-base (another image with the same base ran first)")
 	containerds := flag.String("containerd", "1.6,2", "containerd versions, comma-separated: 1.6, 2")
+	sharedImages := flag.String("shared-base-images", "python3,numpy", "images measured on a shared-base node, comma-separated, or all")
+	detail := flag.String("detail-containerd", "1.6", "containerd versions that also measure mode lazy-nobg and the shared-base state (the others: full and lazy on fresh nodes), or all")
 	links := flag.String("links", "default", "link profiles: default (each image on its own links: "+defaultLinksHelp()+"), all (every image on every link), or names")
 	runs := flag.Int("runs", 3, "cold runs of each image, mode, containerd and link (the median is reported)")
 	out := flag.String("out", "bench/results", "directory the report is written to (startup.md, startup.json)")
@@ -46,13 +49,13 @@ func main() {
 	if *smoke {
 		*images, *runs, *links, *containerds, *states = "busybox", 1, "1G-2ms", "1.6", "fresh"
 	}
-	if err := run(ctx, *images, *modes, *states, *containerds, *links, *runs, *out, *cache, *work, *dropCaches); err != nil {
+	if err := run(ctx, *images, *modes, *states, *containerds, *sharedImages, *detail, *links, *runs, *out, *cache, *work, *dropCaches); err != nil {
 		log.Error().Err(err).Msg("bench/startup failed")
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, images, modes, states, containerds, links string, runs int, out, cache, work string, dropCaches bool) error {
+func run(ctx context.Context, images, modes, states, containerds, sharedImages, detail, links string, runs int, out, cache, work string, dropCaches bool) error {
 	cfg := harness.Config{Images: strings.Split(images, ","), Runs: runs, CacheDir: cache, DropCaches: dropCaches}
 	var err error
 	if cfg.Modes, err = harness.ParseModes(modes); err != nil {
@@ -63,6 +66,19 @@ func run(ctx context.Context, images, modes, states, containerds, links string, 
 	}
 	if cfg.Containerds, err = harness.ParseContainerds(containerds); err != nil {
 		return err
+	}
+	if sharedImages != "all" {
+		cfg.SharedBaseImages = strings.Split(sharedImages, ",")
+		for _, im := range cfg.SharedBaseImages {
+			if !slices.Contains(harness.RecipeNames(), im) {
+				return fmt.Errorf("-shared-base-images: image %q: want one of %s, or all", im, strings.Join(harness.RecipeNames(), ", "))
+			}
+		}
+	}
+	if detail != "all" {
+		if cfg.DetailContainerds, err = harness.ParseContainerds(detail); err != nil {
+			return fmt.Errorf("-detail-containerd: %w", err)
+		}
 	}
 	if links == "default" {
 		if cfg.Links, cfg.ImageLinks, err = harness.DefaultPlan(cfg.Images); err != nil {

@@ -131,14 +131,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				// machine's load spreads over all of them.
 				for run := 1; run <= cfg.Runs; run++ {
 					for _, mode := range cfg.Modes {
-						if mode == Profile {
-							continue
-						}
 						if ctx.Err() != nil {
 							th.stop()
 							return nil, ctx.Err()
 						}
 						for _, st := range cfg.States {
+							if !cfg.planned(im.recipe.Name, mode, st, v) {
+								continue
+							}
 							rep.Samples = append(rep.Samples, b.sample(ctx, point{im, mode, st, v, th, run}))
 							prog.done(ctx)
 						}
@@ -172,7 +172,7 @@ func (b *bench) prepareImages(ctx context.Context, addr string) ([]*benchImage, 
 		}
 		im.Info = ImageInfo{Name: r.Name, About: r.About, Command: r.Command, Cache: cache,
 			Layers: len(im.plain.layers), LayerBytes: im.plain.size, Digest: im.plain.digest, Artifact: im.plain.artifact}
-		if slices.Contains(b.cfg.States, SharedBase) {
+		if slices.Contains(b.cfg.States, SharedBase) && (b.cfg.SharedBaseImages == nil || slices.Contains(b.cfg.SharedBaseImages, r.Name)) {
 			for _, v := range []struct {
 				p    **pushedImage
 				name string
@@ -252,12 +252,20 @@ type ConfigSummary struct {
 	ImageLinks map[string][]string `json:"image_links,omitempty"`
 	Runs       int                 `json:"runs"`
 	DropCaches bool                `json:"drop_caches"`
+	// SharedBaseImages and DetailContainerds: Config's, when it narrows
+	// the matrix.
+	SharedBaseImages  []string `json:"shared_base_images,omitempty"`
+	DetailContainerds []string `json:"detail_containerds,omitempty"`
 }
 
 func (c Config) summary() ConfigSummary {
 	s := ConfigSummary{Images: c.Images, Modes: c.Modes, States: c.States, Links: c.Links, ImageLinks: c.ImageLinks, Runs: c.Runs, DropCaches: c.DropCaches}
 	for _, v := range c.Containerds {
 		s.Containerds = append(s.Containerds, v.String())
+	}
+	s.SharedBaseImages = c.SharedBaseImages
+	for _, v := range c.DetailContainerds {
+		s.DetailContainerds = append(s.DetailContainerds, v.String())
 	}
 	return s
 }

@@ -40,6 +40,11 @@ func (r *Report) Charts(dir string) error {
 			}
 			for _, st := range r.Config.States {
 				for _, v := range r.Config.Containerds {
+					if !slices.ContainsFunc(rows, func(r Row) bool {
+						return r.Image == im && r.State == st && r.Containerd == v && r.Link == link.Name
+					}) {
+						continue
+					}
 					groups = append(groups, group{im, v, st})
 					labels = append(labels, im+"\n"+string(st)+"\n"+v)
 				}

@@ -20,13 +20,20 @@ const (
 	// Lazy is sluiced as containerd's proxy snapshotter with its default
 	// config.
 	Lazy Mode = "lazy"
+	// NoBackground is sluiced with its default config but background
+	// fetch off (background_rate = "0"): what the default config's
+	// background fetch costs the start is Lazy against it. It is measured
+	// on fresh nodes only (on a SharedBase node the first image is
+	// complete before the measured one starts, which needs background
+	// fetch), and its total is unknown: nothing completes the image.
+	NoBackground Mode = "lazy-nobg"
 	// Profile is sluiced replaying the image's prefetch profile. Not
 	// measured yet: it waits on issue 16 (record-and-replay prefetch).
 	Profile Mode = "profile"
 )
 
 // Modes are every mode, in report order.
-var Modes = []Mode{Full, Lazy, Profile}
+var Modes = []Mode{Full, Lazy, NoBackground, Profile}
 
 // ProfileWaits is what the report says in the Profile mode's rows.
 const ProfileWaits = "waits on issue 16 (record-and-replay prefetch)"
@@ -37,7 +44,7 @@ func ParseModes(s string) ([]Mode, error) {
 	for _, f := range strings.Split(s, ",") {
 		m := Mode(strings.TrimSpace(f))
 		if !slices.Contains(Modes, m) {
-			return nil, fmt.Errorf("mode %q: want full, lazy or profile", m)
+			return nil, fmt.Errorf("mode %q: want full, lazy, lazy-nobg or profile", m)
 		}
 		out = append(out, m)
 	}
@@ -183,6 +190,22 @@ func onLink(imageLinks map[string][]string, image, link string) bool {
 	return !ok || slices.Contains(names, link)
 }
 
+// planned reports whether the matrix has image in mode on a node in state
+// st with containerd v (links aside: see measures). Profile is never run.
+func (c *Config) planned(image string, mode Mode, st NodeState, v testenv.ContainerdVersion) bool {
+	switch {
+	case mode == Profile:
+		return false
+	case mode == NoBackground && st != Fresh:
+		return false
+	case st == SharedBase && c.SharedBaseImages != nil && !slices.Contains(c.SharedBaseImages, image):
+		return false
+	case (mode == NoBackground || st == SharedBase) && c.DetailContainerds != nil && !slices.Contains(c.DetailContainerds, v):
+		return false
+	}
+	return true
+}
+
 // ParseContainerds parses a comma-separated list of "1.6" and "2".
 func ParseContainerds(s string) ([]testenv.ContainerdVersion, error) {
 	var out []testenv.ContainerdVersion
@@ -216,6 +239,15 @@ type Config struct {
 	// subset of Links); an image it does not name is measured on every
 	// one. DefaultPlan sets it for a default run.
 	ImageLinks map[string][]string
+	// SharedBaseImages, if set, are the only images measured on a
+	// SharedBase node (a default run: the python images, which the
+	// shared-base target is about).
+	SharedBaseImages []string
+	// DetailContainerds, if set, are the only containerd versions that
+	// measure mode NoBackground and the SharedBase state (a default run:
+	// 1.6; both are sluiced's behaviour, not containerd's, and the other
+	// version measures full and lazy on fresh nodes).
+	DetailContainerds []testenv.ContainerdVersion
 	// Runs is the number of cold runs of each image, mode, containerd
 	// and link; the report gives their median.
 	Runs int

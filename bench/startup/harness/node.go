@@ -51,7 +51,11 @@ func startNode(ctx context.Context, b *bench, dir string, mode Mode, version tes
 		return nil, err
 	}
 	if mode != Full {
-		if n.agent, err = startAgent(ctx, b.cfg.Binaries.Sluiced, filepath.Join(dir, "sluiced"), registry); err != nil {
+		extra := ""
+		if mode == NoBackground {
+			extra = NoBackgroundConfig
+		}
+		if n.agent, err = startAgent(ctx, b.cfg.Binaries.Sluiced, filepath.Join(dir, "sluiced"), registry, extra); err != nil {
 			return nil, err
 		}
 		cfg.Snapshotter, cfg.ProxySocket = "sluice", n.agent.socket
@@ -140,9 +144,15 @@ dir = "%[1]s/cache"
 config_path = ""
 `
 
-// startAgent writes sluiced's config and starts it; it waits for its
-// snapshotter socket and /healthz.
-func startAgent(ctx context.Context, bin, dir, registry string) (*agent, error) {
+// NoBackgroundConfig is what mode NoBackground adds to AgentConfig's
+// [cache] table.
+const NoBackgroundConfig = `background_rate = "0"
+`
+
+// startAgent writes sluiced's config, with cacheExtra appended to its
+// [cache] table, and starts it; it waits for its snapshotter socket and
+// /healthz.
+func startAgent(ctx context.Context, bin, dir, registry, cacheExtra string) (*agent, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -152,7 +162,7 @@ func startAgent(ctx context.Context, bin, dir, registry string) (*agent, error) 
 	}
 	a := &agent{
 		config:      filepath.Join(dir, "config.toml"),
-		configText:  fmt.Sprintf(AgentConfig, dir, registry, fmt.Sprintf("127.0.0.1:%d", port)),
+		configText:  strings.Replace(fmt.Sprintf(AgentConfig, dir, registry, fmt.Sprintf("127.0.0.1:%d", port)), "[cache]\n", "[cache]\n"+cacheExtra, 1),
 		logPath:     filepath.Join(dir, "sluiced.log"),
 		socket:      filepath.Join(dir, "snapshotter.sock"),
 		metricsAddr: fmt.Sprintf("127.0.0.1:%d", port),

@@ -23,8 +23,12 @@ func newProgress(cfg Config) *progress {
 				continue
 			}
 			for _, m := range cfg.Modes {
-				if m != Profile {
-					p.total += len(cfg.Containerds) * len(cfg.States) * cfg.Runs
+				for _, st := range cfg.States {
+					for _, v := range cfg.Containerds {
+						if cfg.planned(im, m, st, v) {
+							p.total += cfg.Runs
+						}
+					}
 				}
 			}
 		}

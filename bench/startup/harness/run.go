@@ -159,6 +159,11 @@ func (b *bench) measure(ctx context.Context, n *node, pt point, s *Sample) error
 	s.AgentFetched = int64(m.sum("sluice_fetched_bytes_total") - agentBefore.sum("sluice_fetched_bytes_total"))
 	s.AgentBackground = int64(m.sum("sluice_background_fetched_bytes_total") - agentBefore.sum("sluice_background_fetched_bytes_total"))
 	s.AgentRead = int64(m.sum("sluice_read_bytes_total") - agentBefore.sum("sluice_read_bytes_total"))
+	if pt.mode == NoBackground {
+		// Nothing fetches what the container did not read: the total
+		// stays unknown.
+		return nil
+	}
 	if err := n.agent.waitComplete(ctx, b.cfg.BackgroundTimeout); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Str("image", s.Image).Msg("total bytes unknown")
 		return nil
@@ -191,7 +196,12 @@ func (b *bench) warm(ctx context.Context, n *node, p *pod, pt point) error {
 		return fmt.Errorf("warming the node: %w", err)
 	}
 	if n.agent != nil {
-		if err := n.agent.waitComplete(ctx, b.cfg.BackgroundTimeout); err != nil {
+		if pt.mode == NoBackground {
+		// Nothing fetches what the container did not read: the total
+		// stays unknown.
+		return nil
+	}
+	if err := n.agent.waitComplete(ctx, b.cfg.BackgroundTimeout); err != nil {
 			return fmt.Errorf("warming the node: %w", err)
 		}
 	}

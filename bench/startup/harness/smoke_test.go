@@ -21,7 +21,9 @@ import (
 // fetched no layer blob yet read chunks (sluiced counted them) and its
 // background fetch completed the image, both reached the ready line, the
 // agent counted the bytes read through its device, and the report has
-// their rows, the profile row and the busybox target.
+// their rows, the profile row and the busybox target. The lazy-nobg start
+// (background fetch off) fetched nothing in the background and leaves the
+// total unknown.
 func TestSmoke(t *testing.T) {
 	images := []string{"busybox"}
 	testutil.Require(t, testutil.Root, testutil.Tool(Tools(images)...), testutil.Device("/dev/fuse"), testutil.Loop)
@@ -45,7 +47,7 @@ func TestSmoke(t *testing.T) {
 	}
 	cfg := Config{
 		Images:      images,
-		Modes:       []Mode{Full, Lazy, Profile},
+		Modes:       []Mode{Full, Lazy, NoBackground, Profile},
 		Containerds: []testenv.ContainerdVersion{testenv.Containerd16},
 		Links:       links,
 		Runs:        1,
@@ -79,8 +81,8 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: no request went through the proxy before ready", s.Mode)
 		}
 	}
-	if len(rep.Samples) != 2 {
-		t.Errorf("%d samples, want 2 (full and lazy; profile is not measured)", len(rep.Samples))
+	if len(rep.Samples) != 3 {
+		t.Errorf("%d samples, want 3 (full, lazy and lazy-nobg; profile is not measured)", len(rep.Samples))
 	}
 	if t.Failed() {
 		return
@@ -101,6 +103,9 @@ func TestSmoke(t *testing.T) {
 	if lazy.Total == nil || lazy.Total.Bytes < lazy.BeforeReady.Bytes {
 		t.Errorf("lazy start: total %+v after the background fetch, %+v before ready", lazy.Total, lazy.BeforeReady)
 	}
+	if nobg := got[NoBackground]; nobg.Total != nil || nobg.AgentRead <= 0 || nobg.BeforeReady.LayerBytes != 0 {
+		t.Errorf("lazy-nobg start: total %+v (want unknown: nothing completes the image), %d bytes read through the device, %d bytes of layer blobs fetched (want 0)", nobg.Total, nobg.AgentRead, nobg.BeforeReady.LayerBytes)
+	}
 	var md strings.Builder
 	if err := rep.Markdown(&md); err != nil {
 		t.Fatal(err)
@@ -108,7 +113,10 @@ func TestSmoke(t *testing.T) {
 	if i := slices.IndexFunc(rep.Targets, func(g Target) bool { return g.Image == "busybox" && strings.HasPrefix(g.Name, "busybox") }); i < 0 {
 		t.Errorf("no busybox target checked: %+v", rep.Targets)
 	}
-	for _, want := range []string{"## Targets", "| busybox | fresh | containerd1.6 | full |", "| busybox | fresh | containerd1.6 | lazy |", "| busybox | fresh | containerd1.6 | profile | " + ProfileWaits} {
+	if i := slices.IndexFunc(rep.Targets, func(g Target) bool { return strings.HasPrefix(g.Name, "the default config's time") }); i < 0 {
+		t.Errorf("no target against background fetch off checked: %+v", rep.Targets)
+	}
+	for _, want := range []string{"## Targets", "| busybox | fresh | containerd1.6 | full |", "| busybox | fresh | containerd1.6 | lazy |", "| busybox | fresh | containerd1.6 | lazy-nobg |", "| busybox | fresh | containerd1.6 | profile | " + ProfileWaits} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, md.String())
 		}
