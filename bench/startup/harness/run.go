@@ -197,11 +197,11 @@ func (b *bench) warm(ctx context.Context, n *node, p *pod, pt point) error {
 	}
 	if n.agent != nil {
 		if pt.mode == NoBackground {
-		// Nothing fetches what the container did not read: the total
-		// stays unknown.
-		return nil
-	}
-	if err := n.agent.waitComplete(ctx, b.cfg.BackgroundTimeout); err != nil {
+			// Nothing fetches what the container did not read: the total
+			// stays unknown.
+			return nil
+		}
+		if err := n.agent.waitComplete(ctx, b.cfg.BackgroundTimeout); err != nil {
 			return fmt.Errorf("warming the node: %w", err)
 		}
 	}
