@@ -196,11 +196,6 @@ func (b *bench) warm(ctx context.Context, n *node, p *pod, pt point) error {
 		return fmt.Errorf("warming the node: %w", err)
 	}
 	if n.agent != nil {
-		if pt.mode == NoBackground {
-			// Nothing fetches what the container did not read: the total
-			// stays unknown.
-			return nil
-		}
 		if err := n.agent.waitComplete(ctx, b.cfg.BackgroundTimeout); err != nil {
 			return fmt.Errorf("warming the node: %w", err)
 		}
