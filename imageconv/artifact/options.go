@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -23,6 +24,10 @@ type options struct {
 	remote    []remote.Option
 	verifier  Verifier
 	hosts     []registryhosts.Host
+
+	// pullers are reuse's, by host.
+	pullersMu sync.Mutex
+	pullers   map[int]*remote.Puller
 }
 
 func newOptions(opts []Option) *options {
