@@ -51,7 +51,7 @@ func startNode(ctx context.Context, b *bench, dir string, mode Mode, version tes
 		return nil, err
 	}
 	if mode != Full {
-		if n.agent, err = startAgent(ctx, b.cfg.Binaries.Sluiced, filepath.Join(dir, "sluiced"), registry); err != nil {
+		if n.agent, err = startAgent(ctx, b.cfg.Binaries.Sluiced, filepath.Join(dir, "sluiced"), registry, b.cfg.AgentFields); err != nil {
 			return nil, err
 		}
 		cfg.Snapshotter, cfg.ProxySocket = "sluice", n.agent.socket
@@ -140,9 +140,9 @@ dir = "%[1]s/cache"
 config_path = ""
 `
 
-// startAgent writes sluiced's config and starts it; it waits for its
-// snapshotter socket and /healthz.
-func startAgent(ctx context.Context, bin, dir, registry string) (*agent, error) {
+// startAgent writes sluiced's config (fields, then AgentConfig) and starts
+// it; it waits for its snapshotter socket and /healthz.
+func startAgent(ctx context.Context, bin, dir, registry, fields string) (*agent, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -152,7 +152,7 @@ func startAgent(ctx context.Context, bin, dir, registry string) (*agent, error) 
 	}
 	a := &agent{
 		config:      filepath.Join(dir, "config.toml"),
-		configText:  fmt.Sprintf(AgentConfig, dir, registry, fmt.Sprintf("127.0.0.1:%d", port)),
+		configText:  fields + fmt.Sprintf(AgentConfig, dir, registry, fmt.Sprintf("127.0.0.1:%d", port)),
 		logPath:     filepath.Join(dir, "sluiced.log"),
 		socket:      filepath.Join(dir, "snapshotter.sock"),
 		metricsAddr: fmt.Sprintf("127.0.0.1:%d", port),
@@ -220,8 +220,12 @@ func (a *agent) waitComplete(ctx context.Context, timeout time.Duration) error {
 		if err != nil {
 			return err
 		}
-		if pct := m.all("sluice_image_percent_complete"); len(pct) > 0 && allAtLeast(pct, 100) {
+		pct := m.all("sluice_image_percent_complete")
+		if len(pct) > 0 && allAtLeast(pct, 100) {
 			return nil
+		}
+		if len(pct) == 0 && m.sum("sluice_image_mounts") == 0 && m.sum("sluice_fallbacks_total") > 0 {
+			return nil // nothing streamed: pulled the ordinary way, complete
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w (%s)", errBackgroundTimeout, timeout)

@@ -21,7 +21,10 @@ import (
 // fetched no layer blob yet read chunks (sluiced counted them) and its
 // background fetch completed the image, both reached the ready line, the
 // agent counted the bytes read through its device, and the report has
-// their rows, the profile row and the busybox target.
+// their rows, the profile row and the busybox target. busybox is smaller
+// than sluiced's default stream_min_size, so the agent gets "0": what the
+// smoke test checks is the lazy path's machinery (a default run measures
+// the default, under which busybox is pulled the ordinary way).
 func TestSmoke(t *testing.T) {
 	images := []string{"busybox"}
 	testutil.Require(t, testutil.Root, testutil.Tool(Tools(images)...), testutil.Device("/dev/fuse"), testutil.Loop)
@@ -53,6 +56,7 @@ func TestSmoke(t *testing.T) {
 		WorkDir:     filepath.Join(work, "state"),
 		CacheDir:    filepath.Join(work, "cache"),
 		RepoRoot:    root,
+		AgentFields: "stream_min_size = \"0\"\n",
 	}
 	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
 		t.Fatal(err)
