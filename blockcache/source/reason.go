@@ -25,6 +25,7 @@ const (
 	ReasonUnreachable  = "registry unreachable"
 	ReasonDenied       = "registry denied access"
 	ReasonHostsConfig  = "bad registry host config"
+	ReasonSmall        = "image smaller than stream_min_size"
 	ReasonOther        = "artifact lookup failed"
 )
 
@@ -38,6 +39,8 @@ func Reason(err error) string {
 		return ReasonHostsConfig
 	case errors.Is(err, artifact.ErrNoArtifact):
 		return ReasonNoArtifact
+	case errors.Is(err, artifact.ErrSmallImage):
+		return ReasonSmall
 	case errors.Is(err, artifact.ErrAmbiguous):
 		return ReasonAmbiguous
 	case errors.Is(err, artifact.ErrSeveralTrusted):

@@ -26,6 +26,7 @@ func TestReason(t *testing.T) {
 		is     error
 	}{
 		{fmt.Errorf("%w for r/app@sha256:x", artifact.ErrNoArtifact), ReasonNoArtifact, artifact.ErrNoArtifact},
+		{&artifact.SmallImageError{Image: "r/app@sha256:x", Size: 4 << 20, Min: 16 << 20}, ReasonSmall, artifact.ErrSmallImage},
 		{fmt.Errorf("index blob sha256:y: %w: bad magic", artifact.ErrBadIndex), ReasonBadIndex, artifact.ErrBadIndex},
 		{fmt.Errorf("%w \"UPPER\": bad", ErrBadReference), ReasonBadReference, ErrBadReference},
 		{reg(fmt.Errorf("listing referrers: %w", refused)), ReasonUnreachable, artifact.ErrRegistryUnreachable},

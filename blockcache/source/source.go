@@ -210,6 +210,9 @@ func (s *Source) lookup(ctx context.Context, ref name.Reference, req Request) (a
 	if s.cfg.verifier != nil {
 		opts = append(opts, artifact.WithVerifier(s.cfg.verifier))
 	}
+	if s.cfg.minSize > 0 {
+		opts = append(opts, artifact.WithMinImageSize(s.cfg.minSize))
+	}
 	if req.ManifestDigest != "" {
 		art, err = artifact.LookupManifest(ctx, req.Image, req.ManifestDigest, opts...)
 	} else {
@@ -407,7 +410,16 @@ type options struct {
 	converter    ConvertRequester
 	pull         PullCredentials
 	hosts        *registryhosts.Config
+	minSize      int64
 }
+
+// WithStreamMinSize opens no image whose flattened size (as its artifact
+// declares it in the referrers list) is under n bytes: Open fails with an
+// error that Is artifact.ErrSmallImage (Reason: ReasonSmall) right after
+// the referrers answer, so that the image is pulled the ordinary way, which
+// is sooner for an image this small than the artifact lookup and attach
+// are. 0 (the default) streams every image.
+func WithStreamMinSize(n int64) Option { return func(c *options) { c.minSize = n } }
 
 // WithKeychain resolves registry credentials with k (default: the docker
 // config and its credential helpers; see Keychain).

@@ -329,3 +329,32 @@ func TestUnsignedRefusedUnderSigned(t *testing.T) {
 		t.Error("a refused image was exported or saved")
 	}
 }
+
+// TestStreamMinSize: under WithStreamMinSize an image whose flattened
+// size is under the bound is not opened (ReasonSmall, nothing exported or
+// saved, no conversion asked for); one at the bound is, and 0 opens all.
+func TestStreamMinSize(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	h, err := e.source().Open(ctx, e.app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := h.Artifact().Index.ImageSize
+	h.Close()
+	conv := &requests{}
+	_, err = e.source(WithStreamMinSize(size+1), WithConvertRequests(conv)).Open(ctx, e.app)
+	if !errors.Is(err, artifact.ErrSmallImage) || Reason(err) != ReasonSmall {
+		t.Fatalf("image of %d bytes under a bound of %d: %v (reason %q), want %q", size, size+1, err, Reason(err), ReasonSmall)
+	}
+	if e.exporter.added != 1 || e.savedFiles() != 0 || len(conv.images) != 0 {
+		t.Errorf("a small image left %d exports, %d saved artifacts, conversion requests %v", e.exporter.added-1, e.savedFiles(), conv.images)
+	}
+	for _, min := range []int64{size, 0} {
+		h, err := e.source(WithStreamMinSize(min)).Open(ctx, e.app)
+		if err != nil {
+			t.Fatalf("image of %d bytes, bound %d: %v", size, min, err)
+		}
+		h.Close()
+	}
+}

@@ -119,6 +119,11 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 			blockcache.WithReadahead(cfg.Cache.readahead),
 			blockcache.WithMetadataFirst(cfg.Cache.MetadataFirst)),
 	}
+	if policy == snapshot.PolicyFallback {
+		// Under "require" a small image streams: its pull must not fail
+		// for a size the user never asked about.
+		srcOpts = append(srcOpts, source.WithStreamMinSize(cfg.streamMinSize))
+	}
 	if len(cfg.PlainHTTP) > 0 {
 		srcOpts = append(srcOpts, source.WithPlainHTTP(cfg.PlainHTTP...))
 	}

@@ -32,6 +32,14 @@ type Config struct {
 	// Policy for images without a usable artifact: "fallback" pulls them
 	// normally, "require" fails the pull. Default "fallback".
 	Policy string `toml:"policy"`
+	// StreamMinSize: an image whose flattened size (as its artifact
+	// declares it) is under this is pulled the ordinary way, which is
+	// sooner for an image this small than the artifact lookup and attach
+	// (logged and counted as a fallback, reason "image smaller than
+	// stream_min_size"). Policy "require" streams every image whatever
+	// this says. Default "16MiB"; "0" streams every image.
+	StreamMinSize string `toml:"stream_min_size"`
+	streamMinSize int64
 	// Attacher is "auto", "kernel" or "portable". Default "auto": the kernel
 	// nbd driver where it works (loading the nbd module if needed), nbdfuse
 	// + loop otherwise; the log says which and why.
@@ -141,6 +149,7 @@ func defaultConfig() Config {
 		MetricsAddress:  "127.0.0.1:9808",
 		LogLevel:        "info",
 		Policy:          "fallback",
+		StreamMinSize:   "16MiB",
 		Attacher:        "auto",
 		CredentialsFile: "/etc/sluice/credentials.json",
 		Trust:           TrustConfig{Policy: "any"},
@@ -244,6 +253,9 @@ func (c *Config) validate() error {
 		return err
 	}
 	var err error
+	if c.streamMinSize, err = cliutil.ParseSize(c.StreamMinSize); err != nil {
+		return fmt.Errorf("stream_min_size: want a size such as \"16MiB\" (\"0\": stream every image), got %q", c.StreamMinSize)
+	}
 	if c.Cache.size, err = cliutil.ParseSize(c.Cache.Size); err != nil || c.Cache.size == 0 {
 		return fmt.Errorf("cache.size: want a size such as \"10GiB\", got %q", c.Cache.Size)
 	}

@@ -40,6 +40,9 @@ func TestSampleConfigIsTheDefaults(t *testing.T) {
 func TestConfigErrorsNameTheField(t *testing.T) {
 	for body, want := range map[string]string{
 		`policy = "sometimes"`:                                           "policy:",
+		`stream_min_size = "small"`:                                      "stream_min_size: want a size",
+		`stream_min_size = "-1MiB"`:                                      "stream_min_size: want a size",
+		`stream_min_size = 16`:                                           "stream_min_size",
 		`polcy = "require"`:                                              "unknown field polcy",
 		"[cache]\nsize = \"lots\"":                                       "cache.size:",
 		"[cache]\nsize = 10":                                             "cache.size",
@@ -100,6 +103,16 @@ func TestConfigOverrides(t *testing.T) {
 	}
 	if c.Policy != "require" || c.Cache.size != 1<<30 || c.Cache.memoryCache != 8<<20 || c.Cache.Dir != defaultConfig().Cache.Dir || len(c.PlainHTTP) != 1 {
 		t.Errorf("got %+v", c)
+	}
+}
+
+// TestStreamMinSizeConfig: 16 MiB unless set; "0" turns it off.
+func TestStreamMinSizeConfig(t *testing.T) {
+	for body, want := range map[string]int64{"": 16 << 20, `stream_min_size = "0"`: 0, `stream_min_size = "64MiB"`: 64 << 20, `stream_min_size = "1MB"`: 1000000} {
+		c, err := loadConfig(writeConfig(t, body))
+		if err != nil || c.streamMinSize != want {
+			t.Errorf("config %q: stream_min_size %d, %v; want %d", body, c.streamMinSize, err, want)
+		}
 	}
 }
 

@@ -265,6 +265,7 @@ func startTestAgent(t *testing.T, dir string, edit func(*Config)) (*testAgent, e
 	cfg.Cache.Dir = filepath.Join(dir, "cache")
 	cfg.Cache.Size = "256MiB"
 	cfg.Cache.BackgroundRate = "0"
+	cfg.StreamMinSize = "0" // the test images are a few KiB: stream them
 	if edit != nil {
 		edit(&cfg)
 	}

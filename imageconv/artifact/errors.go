@@ -21,6 +21,9 @@ var (
 	// ErrRegistryDenied means the registry refused the credentials
 	// (401 or 403).
 	ErrRegistryDenied = errors.New("registry denied access")
+	// ErrSmallImage means every artifact of the image says its flattened
+	// image is smaller than WithMinImageSize's bound: not worth streaming.
+	ErrSmallImage = errors.New("image smaller than the minimum to stream")
 )
 
 // RegistryError is a failed exchange with a registry. It Is
@@ -67,7 +70,7 @@ func unreachable(err error) bool {
 // index) or already names the registry.
 func registryError(registry string, err error) error {
 	var rerr *RegistryError
-	if err == nil || errors.Is(err, ErrNoArtifact) || errors.Is(err, ErrBadIndex) || errors.As(err, &rerr) {
+	if err == nil || errors.Is(err, ErrNoArtifact) || errors.Is(err, ErrBadIndex) || errors.Is(err, ErrSmallImage) || errors.As(err, &rerr) {
 		return err
 	}
 	return &RegistryError{Registry: registry, Err: err}

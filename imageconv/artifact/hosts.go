@@ -26,25 +26,26 @@ func WithHosts(hosts []registryhosts.Host) Option { return func(o *options) { o.
 // is op's. With no hosts configured, op runs against repo itself.
 func (o *options) onHosts(ctx context.Context, repo name.Repository, want registryhosts.Capabilities, op func(name.Repository, []remote.Option) error) error {
 	ropts := o.remoteOptions(ctx)
-	var hosts []registryhosts.Host
-	for _, h := range o.hosts {
+	var hosts []int // indexes in o.hosts
+	for i, h := range o.hosts {
 		if h.Capabilities.Has(want) {
-			hosts = append(hosts, h)
+			hosts = append(hosts, i)
 		}
 	}
 	if len(hosts) == 0 {
 		if len(o.hosts) > 0 {
 			return fmt.Errorf("no host of %s can %s", repo.RegistryStr(), capName(want))
 		}
-		return op(repo, ropts)
+		return op(repo, o.reuse(-1, ropts))
 	}
 	var err error
-	for i, h := range hosts {
+	for i, hi := range hosts {
+		h := o.hosts[hi]
 		r := repo
 		if h.Mirror {
 			r = h.Registry.Repo(repo.RepositoryStr())
 		}
-		err = op(r, append(ropts, remote.WithTransport(h.Transport)))
+		err = op(r, o.reuse(hi, append(ropts, remote.WithTransport(h.Transport))))
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
@@ -53,6 +54,27 @@ func (o *options) onHosts(ctx context.Context, repo name.Repository, want regist
 		}
 	}
 	return err
+}
+
+// reuse adds to ropts, the remote options reaching host (an index in
+// o.hosts; -1: the registry alone), one go-containerregistry Puller per
+// host for the life of o (one lookup), so that the lookup's requests in a
+// repository share one ping and token instead of a round trip more each.
+func (o *options) reuse(host int, ropts []remote.Option) []remote.Option {
+	o.pullersMu.Lock()
+	defer o.pullersMu.Unlock()
+	p, ok := o.pullers[host]
+	if !ok {
+		var err error
+		if p, err = remote.NewPuller(ropts...); err != nil {
+			return ropts // the call itself reports the bad option
+		}
+		if o.pullers == nil {
+			o.pullers = map[int]*remote.Puller{}
+		}
+		o.pullers[host] = p
+	}
+	return append(ropts[:len(ropts):len(ropts)], remote.Reuse(p))
 }
 
 // referrersCapability is what a host needs to be asked for referrers:

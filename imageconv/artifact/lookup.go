@@ -128,6 +128,9 @@ func fetchArtifact(ctx context.Context, repo name.Repository, subject v1.Descrip
 	if len(cands) == 0 {
 		return nil, fmt.Errorf("%w for %s@%s", ErrNoArtifact, repo, subject.Digest)
 	}
+	if err := o.checkSize(repo, subject.Digest, cands); err != nil {
+		return nil, err
+	}
 	// Listed in digest order so that messages are stable; the order never
 	// decides which artifact is used.
 	sort.Slice(cands, func(i, j int) bool { return cands[i].Digest.String() < cands[j].Digest.String() })

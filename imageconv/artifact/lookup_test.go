@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -207,5 +208,39 @@ func TestReferrerOfAnotherSubject(t *testing.T) {
 	_, err = artifact.Lookup(context.Background(), ref.String(), artifact.WithPlainHTTP())
 	if !errors.Is(err, artifact.ErrWrongSubject) {
 		t.Fatalf("an artifact of another image listed as this one's: %v, want ErrWrongSubject", err)
+	}
+}
+
+// TestLookupPingsOnce: a lookup's requests (referrers, artifact manifest,
+// index blob) share one ping of the registry, not one each: each is a
+// round trip before the image can start.
+func TestLookupPingsOnce(t *testing.T) {
+	reg := testutil.NewRegistry()
+	var (
+		mu    sync.Mutex
+		pings int
+		all   []string
+	)
+	host := testutil.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		all = append(all, r.Method+" "+r.URL.Path)
+		if r.URL.Path == "/v2/" {
+			pings++
+		}
+		mu.Unlock()
+		reg.ServeHTTP(w, r)
+	}))
+	ref, digest := pushImage(t, host, "app", "app\n")
+	convert(t, ref, 64<<10)
+	mu.Lock()
+	pings, all = 0, nil
+	mu.Unlock()
+	if _, err := artifact.LookupManifest(context.Background(), ref.String(), digest.String(), artifact.WithPlainHTTP()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if pings != 1 || len(all) != 4 {
+		t.Errorf("a lookup made %d pings in %d requests, want 1 in 4 (ping, referrers, manifest, index):\n%s", pings, len(all), strings.Join(all, "\n"))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -23,6 +24,11 @@ type options struct {
 	remote    []remote.Option
 	verifier  Verifier
 	hosts     []registryhosts.Host
+	minSize   int64
+
+	// pullers are reuse's, by host.
+	pullersMu sync.Mutex
+	pullers   map[int]*remote.Puller
 }
 
 func newOptions(opts []Option) *options {
@@ -39,6 +45,14 @@ func WithPlainHTTP() Option { return func(o *options) { o.plainHTTP = true } }
 // WithPlatform is the platform Lookup picks from a multi-platform image
 // (default: linux on this machine's architecture).
 func WithPlatform(p v1.Platform) Option { return func(o *options) { o.platform = &p } }
+
+// WithMinImageSize makes Lookup and LookupManifest give up, with an error
+// that Is ErrSmallImage, when every artifact the referrers list names says
+// (annotation AnnotationImageSize) that its flattened image is smaller
+// than n bytes: decided from the listing alone, before any artifact
+// manifest or index is fetched. An artifact without the annotation counts
+// as large. 0 (the default) turns the bound off.
+func WithMinImageSize(n int64) Option { return func(o *options) { o.minSize = n } }
 
 // WithKeychain resolves registry credentials with k instead of the docker
 // config and credential helpers.

@@ -54,6 +54,10 @@ type nodeOpts struct {
 	// turns it off, so that no node reads the machine's
 	// /etc/containerd/certs.d.
 	hostsDir string
+	// streamMinSize is sluiced's stream_min_size: "" writes "0" (the test
+	// images are a few KiB, and streaming them is what most tests test);
+	// "default" keeps sluiced's default.
+	streamMinSize string
 }
 
 // node is one machine's worth of daemons: sluiced and containerd, with all
@@ -352,6 +356,13 @@ func (n *node) agentConfig(policy string) (*agentProc, error) {
 	fmt.Fprintf(&b, "log_level = \"debug\"\nattacher = \"portable\"\nplain_http = [%s]\n", plain)
 	if policy != "" {
 		fmt.Fprintf(&b, "policy = %q\n", policy)
+	}
+	switch n.opts.streamMinSize {
+	case "":
+		b.WriteString("stream_min_size = \"0\"\n")
+	case "default":
+	default:
+		fmt.Fprintf(&b, "stream_min_size = %q\n", n.opts.streamMinSize)
 	}
 	fmt.Fprintf(&b, "\n[cache]\ndir = %q\nsize = \"1GiB\"\n", filepath.Join(d, "cache"))
 	if n.opts.backgroundRate != "" {

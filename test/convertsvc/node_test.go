@@ -50,6 +50,7 @@ func newNode(t *testing.T, e *env, convertService string, registries ...string) 
 	fmt.Fprintf(&cfg, "root = %q\naddress = %q\nnbd_socket = %q\nmetrics_address = %q\n",
 		filepath.Join(dir, "root"), socket, filepath.Join(dir, "nbd.sock"), n.metrics)
 	fmt.Fprintf(&cfg, "log_level = \"debug\"\nattacher = \"portable\"\nplain_http = [%s]\n", quoteAll(registries))
+	cfg.WriteString("stream_min_size = \"0\"\n") // the test images are a few KiB: stream them
 	if convertService != "" {
 		fmt.Fprintf(&cfg, "convert_service = %q\n", convertService)
 	}

@@ -309,6 +309,8 @@ metrics_address = %q
 log_level = "debug"
 attacher = "portable"
 plain_http = [%q]
+# the test images are a few KiB: stream them
+stream_min_size = "0"
 
 [cache]
 dir = %q

@@ -86,7 +86,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	log := zerolog.Ctx(ctx)
-	rep := &Report{Started: time.Now().UTC(), Config: cfg.summary(), AgentConfig: fmt.Sprintf(AgentConfig, "NODE_DIR/sluiced", "127.0.0.1:PROXY_PORT", "127.0.0.1:FREE_PORT")}
+	rep := &Report{Started: time.Now().UTC(), Config: cfg.summary(), AgentConfig: cfg.AgentFields + fmt.Sprintf(AgentConfig, "NODE_DIR/sluiced", "127.0.0.1:PROXY_PORT", "127.0.0.1:FREE_PORT")}
 	var err error
 	if rep.Machine, err = describeMachine(ctx, cfg); err != nil {
 		return nil, err

@@ -271,6 +271,10 @@ type Config struct {
 	// to finish after ready (default 10 min); past it the total is
 	// reported unknown.
 	BackgroundTimeout time.Duration
+	// AgentFields are top-level sluiced config lines put before
+	// AgentConfig's, such as `stream_min_size = "0"`; the report shows
+	// them. A benchmark run sets none: it measures the default config.
+	AgentFields string
 }
 
 func (c *Config) check() error {

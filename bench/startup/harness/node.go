@@ -55,7 +55,7 @@ func startNode(ctx context.Context, b *bench, dir string, mode Mode, version tes
 		if mode == NoBackground {
 			extra = NoBackgroundConfig
 		}
-		if n.agent, err = startAgent(ctx, b.cfg.Binaries.Sluiced, filepath.Join(dir, "sluiced"), registry, extra); err != nil {
+		if n.agent, err = startAgent(ctx, b.cfg.Binaries.Sluiced, filepath.Join(dir, "sluiced"), registry, b.cfg.AgentFields, extra); err != nil {
 			return nil, err
 		}
 		cfg.Snapshotter, cfg.ProxySocket = "sluice", n.agent.socket
@@ -149,10 +149,10 @@ config_path = ""
 const NoBackgroundConfig = `background_rate = "0"
 `
 
-// startAgent writes sluiced's config, with cacheExtra appended to its
-// [cache] table, and starts it; it waits for its snapshotter socket and
-// /healthz.
-func startAgent(ctx context.Context, bin, dir, registry, cacheExtra string) (*agent, error) {
+// startAgent writes sluiced's config (fields, then AgentConfig with
+// cacheExtra added to its [cache] table) and starts it; it waits for its
+// snapshotter socket and /healthz.
+func startAgent(ctx context.Context, bin, dir, registry, fields, cacheExtra string) (*agent, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func startAgent(ctx context.Context, bin, dir, registry, cacheExtra string) (*ag
 	}
 	a := &agent{
 		config:      filepath.Join(dir, "config.toml"),
-		configText:  strings.Replace(fmt.Sprintf(AgentConfig, dir, registry, fmt.Sprintf("127.0.0.1:%d", port)), "[cache]\n", "[cache]\n"+cacheExtra, 1),
+		configText:  fields + strings.Replace(fmt.Sprintf(AgentConfig, dir, registry, fmt.Sprintf("127.0.0.1:%d", port)), "[cache]\n", "[cache]\n"+cacheExtra, 1),
 		logPath:     filepath.Join(dir, "sluiced.log"),
 		socket:      filepath.Join(dir, "snapshotter.sock"),
 		metricsAddr: fmt.Sprintf("127.0.0.1:%d", port),
@@ -230,8 +230,12 @@ func (a *agent) waitComplete(ctx context.Context, timeout time.Duration) error {
 		if err != nil {
 			return err
 		}
-		if pct := m.all("sluice_image_percent_complete"); len(pct) > 0 && allAtLeast(pct, 100) {
+		pct := m.all("sluice_image_percent_complete")
+		if len(pct) > 0 && allAtLeast(pct, 100) {
 			return nil
+		}
+		if len(pct) == 0 && m.sum("sluice_image_mounts") == 0 && m.sum("sluice_fallbacks_total") > 0 {
+			return nil // nothing streamed: pulled the ordinary way, complete
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w (%s)", errBackgroundTimeout, timeout)

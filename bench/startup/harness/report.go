@@ -175,6 +175,9 @@ func (r *Report) Markdown(w io.Writer) error {
 		if s.Mode != Full {
 			agent = fmt.Sprintf("%s (%s)", mib(s.AgentFetched), mib(s.AgentBackground))
 			read = mib(s.AgentRead)
+			if s.AgentFallbacks > 0 {
+				agent = "none: pulled the ordinary way"
+			}
 		}
 		errText := ""
 		if s.Err != "" {

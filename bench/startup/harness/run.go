@@ -43,6 +43,10 @@ type Sample struct {
 	// pull to the ready line (sluice_read_bytes_total: the container's
 	// reads, the kernel's readahead, mount and probe reads; uncompressed).
 	AgentRead int64 `json:"agent_read_bytes,omitempty"`
+	// AgentFallbacks counts the images sluiced had containerd pull the
+	// ordinary way during the run (sluice_fallbacks_total): an image under
+	// stream_min_size, for one.
+	AgentFallbacks int64 `json:"agent_fallbacks,omitempty"`
 	// Complete is from the ready line to the image being complete in
 	// sluiced's cache.
 	Complete time.Duration `json:"complete_ns,omitempty"`
@@ -159,7 +163,8 @@ func (b *bench) measure(ctx context.Context, n *node, pt point, s *Sample) error
 	s.AgentFetched = int64(m.sum("sluice_fetched_bytes_total") - agentBefore.sum("sluice_fetched_bytes_total"))
 	s.AgentBackground = int64(m.sum("sluice_background_fetched_bytes_total") - agentBefore.sum("sluice_background_fetched_bytes_total"))
 	s.AgentRead = int64(m.sum("sluice_read_bytes_total") - agentBefore.sum("sluice_read_bytes_total"))
-	if pt.mode == NoBackground {
+	s.AgentFallbacks = int64(m.sum("sluice_fallbacks_total") - agentBefore.sum("sluice_fallbacks_total"))
+	if pt.mode == NoBackground && s.AgentFallbacks == 0 {
 		// Nothing fetches what the container did not read: the total
 		// stays unknown.
 		return nil

@@ -132,6 +132,7 @@ metrics_address = ""
 attacher = "kernel"
 plain_http = [%[4]q]
 credentials_file = ""
+stream_min_size = "0"
 [cache]
 dir = %[5]q
 size = "1GiB"

@@ -24,6 +24,8 @@ import (
 // waits for them).
 const operatorConfig = `# This node's sluiced (written before install-node.sh, which keeps it).
 plain_http = ["` + registryAddr + `"]
+# the test images are small: stream them
+stream_min_size = "0"
 
 [cache]
 background_rate = "0"
