@@ -40,6 +40,8 @@ type RangeFetcher struct {
 	rangeIgnored    atomic.Int64 // 200 answers to a Range request
 	mirrorAnswers   atomic.Int64 // requests a mirror answered
 	mirrorFallbacks atomic.Int64 // requests a mirror failed, tried on the next host
+
+	link linkEstimate
 }
 
 // FetchStats counts what a RangeFetcher did.
@@ -188,6 +190,11 @@ type rangeStream struct {
 	body   io.Reader
 	endTry func(err error) error
 	ep     *endpoint
+
+	// For the link estimate: when the attempt's answer came and how much
+	// was had then.
+	answeredAt  time.Time
+	filledAtAns int
 }
 
 // stream starts filling dst with the blob's bytes at off; it sends nothing
@@ -217,10 +224,13 @@ func (s *rangeStream) next() error {
 				s.f.retries.Add(1)
 			}
 			s.attempts++
+			sent := time.Now()
 			if err := s.open(); err != nil {
 				s.last = err
 				continue
 			}
+			s.answeredAt, s.filledAtAns = time.Now(), s.filled
+			s.f.link.note(s.answeredAt.Sub(sent), 0, 0)
 		}
 		k, err := s.body.Read(s.dst[s.filled:])
 		s.filled += k
@@ -228,6 +238,7 @@ func (s *rangeStream) next() error {
 		case s.filled == len(s.dst):
 			s.endTry(nil)
 			s.body = nil
+			s.f.link.note(0, int64(s.filled-s.filledAtAns), time.Since(s.answeredAt))
 		case err != nil:
 			s.last = s.endTry(truncated(err))
 			s.body = nil

@@ -204,9 +204,10 @@ func openStore(t testing.TB, dir string, limit int64, opts ...StoreOption) *Stor
 func (e *env) open(opts ...Option) *Image {
 	e.t.Helper()
 	fast := WithFetchOptions(WithBackoff(Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Factor: 2}))
-	// No background fetch, metadata's included, unless a test asks for
-	// it: most count bytes.
-	im, err := Open(context.Background(), e.art, e.store, append([]Option{fast, WithReadTimeout(20 * time.Second), WithBackgroundRate(0), WithMetadataFirst(false)}, opts...)...)
+	// No background fetch, metadata's included, and no fault-around (it
+	// sizes fetches by a link measured here on loopback) unless a test
+	// asks for it: most count bytes and requests.
+	im, err := Open(context.Background(), e.art, e.store, append([]Option{fast, WithReadTimeout(20 * time.Second), WithBackgroundRate(0), WithMetadataFirst(false), WithFaultAround(0)}, opts...)...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

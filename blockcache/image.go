@@ -36,6 +36,8 @@ type Image struct {
 
 	recMu sync.Mutex
 	rec   *recorder // nil unless WithRecording
+	// link measures the link to the registry, for fault-around (nil: off).
+	link func() (rate float64, rtt time.Duration, ok bool)
 
 	streams *streams // nil without readahead
 }
@@ -85,6 +87,12 @@ func Open(ctx context.Context, art *artifact.Artifact, store *Store, opts ...Opt
 		fetch = cfg.fetcher
 	} else {
 		im.fetcher.Warm(base)
+	}
+	if m, ok := fetch.(linkMeter); ok && cfg.faultAround > 0 {
+		im.link = m.Link
+	}
+	if cfg.link != nil && cfg.faultAround > 0 {
+		im.link = cfg.link
 	}
 	im.loader = &loader{
 		ix: im.ix, fetch: fetch, store: store, dec: dec,

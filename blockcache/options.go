@@ -20,9 +20,11 @@ type imageConfig struct {
 	burst            int64
 	record           bool
 	readahead        int64
+	faultAround      float64
 	metadataFirst    bool
 	fetchOpts        []FetchOption
-	fetcher          rangeFetcher // tests only
+	fetcher          rangeFetcher                          // tests only
+	link             func() (float64, time.Duration, bool) // tests only: the link fault-around sees
 	limiterClockHook func(*tokenBucket)
 }
 
@@ -35,6 +37,7 @@ func defaultImageConfig() imageConfig {
 		rate:            DefaultBackgroundRate,
 		quiet:           DefaultBackgroundQuiet,
 		readahead:       DefaultReadahead,
+		faultAround:     DefaultFaultAround,
 		metadataFirst:   true,
 	}
 }
@@ -102,6 +105,23 @@ func WithBackgroundQuiet(d time.Duration) Option { return func(c *imageConfig) {
 // the last free slot of WithConcurrency (unless that is 1).
 func WithReadahead(maxBytes int64) Option {
 	return func(c *imageConfig) { c.readahead = max(maxBytes, 0) }
+}
+
+// WithFaultAround sizes the fetch of a fault that continues no sequential
+// stream (see WithReadahead) by the link (default DefaultFaultAround; 0:
+// off): besides its own chunks it fetches the chunks after them, up to
+// rtts round trips' worth of the link's bytes (its measured body rate
+// times its measured request-to-answer time; compressed bytes), within
+// the readahead bound and WithMaxRange, and starts a stream there. An
+// image's files lie in the order its layers wrote them, so a fault's
+// neighbours are mostly read soon after (a package's modules and
+// libraries); on a slow link the bound shrinks below a chunk and a fault
+// fetches only its own. Until the link has been measured (a range request
+// answered, a body of 64 KiB or more timed), faults fetch their own
+// chunks only. Like readahead, the chunks ahead are background chunks:
+// the read waits for its own alone. Readahead 0 turns it off too.
+func WithFaultAround(rtts float64) Option {
+	return func(c *imageConfig) { c.faultAround = max(rtts, 0) }
 }
 
 // WithMetadataFirst fetches, at Open, the chunks of the ext4 image's

@@ -70,7 +70,13 @@ func (im *Image) plan(first, last int) []int {
 			}
 		}
 		*s = stream{lo: first, next: last + 1, window: fault, used: st.tick}
-		return nil
+		if int(im.loader.aheadGroups.Load()) >= im.loader.aheadLimit() {
+			return nil
+		}
+		ahead, covered := im.faultAround(first, last)
+		s.next += len(ahead)
+		s.window += covered
+		return ahead
 	}
 	s.used = st.tick
 	if last < s.next {
@@ -126,4 +132,36 @@ func (im *Image) present(from, to int) bool {
 		}
 	}
 	return true
+}
+
+// faultAround returns the chunks after a fault of chunks first..last that
+// continues no stream to fetch with it (see WithFaultAround), and the
+// image bytes they cover.
+func (im *Image) faultAround(first, last int) (ahead []int, covered int64) {
+	if im.link == nil {
+		return nil, 0
+	}
+	rate, rtt, ok := im.link()
+	if !ok {
+		return nil, 0
+	}
+	budget := int64(im.cfg.faultAround * rate * rtt.Seconds())
+	var comp int64
+	for i := first; i <= last; i++ {
+		comp += int64(im.ix.Chunks[i].Length)
+	}
+	budget = min(budget, im.cfg.maxRange-comp)
+	window := im.streams.max - int64(last-first+1)*im.ix.ChunkSize
+	for i := last + 1; i < len(im.ix.Chunks); i++ {
+		c := im.ix.Chunks[i]
+		n := im.ix.ChunkLen(i)
+		if int64(c.Length) > budget || n > window {
+			break
+		}
+		budget -= int64(c.Length)
+		window -= n
+		covered += n
+		ahead = append(ahead, i)
+	}
+	return ahead, covered
 }

@@ -25,6 +25,7 @@ type serveFlags struct {
 	allowRemote, metadataFirst                                 bool
 	readTimeout, quiet                                         time.Duration
 	concurrency                                                int
+	faultAround                                                float64
 }
 
 func newServe(g *globals) *cobra.Command {
@@ -61,6 +62,7 @@ addresses unless --allow-remote is given. Stop with Ctrl-C or SIGTERM.`,
 	fl.StringVar(&f.memCache, "memory-cache", cliutil.FormatSizeExact(blockcache.DefaultHotBytes), "chunks also kept in memory, on top of the on-disk cache (warm reads are served from the chunk files either way)")
 	fl.StringVar(&f.rate, "background-rate", cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate), "bytes per second fetched in the background once the prefetch profile is done (0: no background fetch)")
 	fl.StringVar(&f.readahead, "readahead", cliutil.FormatSizeExact(blockcache.DefaultReadahead), "a fault continuing a sequential stream of faults fetches ahead of it, doubling from one chunk up to this many bytes of image per range request (0: off)")
+	fl.Float64Var(&f.faultAround, "fault-around", blockcache.DefaultFaultAround, "a fault continuing no sequential stream fetches the chunks after its own too, up to this many round trips' worth of the measured link to the registry, within --readahead (0: off)")
 	fl.BoolVar(&f.metadataFirst, "metadata-first", true, "fetch each image's filesystem metadata (superblock, group descriptors, bitmaps, inode tables, directories) as soon as it is served, before its first reads")
 	fl.DurationVar(&f.quiet, "background-quiet", blockcache.DefaultBackgroundQuiet, "background fetch starts no range request until reads have stopped faulting (and the image has been open) this long (0: it yields fetch slots only)")
 	fl.StringVar(&f.platform, "platform", "", "platform of multi-platform IMAGEs (default: this machine's, linux/ARCH)")
@@ -100,6 +102,7 @@ func serve(ctx context.Context, g *globals, f *serveFlags, images []string) erro
 		blockcache.WithBackgroundRate(rate),
 		blockcache.WithBackgroundQuiet(f.quiet),
 		blockcache.WithReadahead(readahead),
+		blockcache.WithFaultAround(f.faultAround),
 		blockcache.WithMetadataFirst(f.metadataFirst),
 		blockcache.WithReadTimeout(f.readTimeout),
 		blockcache.WithConcurrency(f.concurrency))}

@@ -117,6 +117,7 @@ func startAgent(ctx context.Context, cfg Config) (_ *agent, err error) {
 			blockcache.WithBackgroundRate(cfg.Cache.backgroundRate),
 			blockcache.WithBackgroundQuiet(cfg.Cache.backgroundQuiet),
 			blockcache.WithReadahead(cfg.Cache.readahead),
+			blockcache.WithFaultAround(cfg.Cache.FaultAround),
 			blockcache.WithMetadataFirst(cfg.Cache.MetadataFirst)),
 	}
 	if policy == snapshot.PolicyFallback {

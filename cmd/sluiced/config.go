@@ -125,6 +125,12 @@ type CacheConfig struct {
 	// faults covers, doubling from the faulting chunk; "0" turns readahead
 	// off. Default "4MiB".
 	Readahead string `toml:"readahead"`
+	// FaultAround: a fault that continues no sequential stream fetches
+	// the chunks after its own, up to this many round trips' worth of the
+	// link to the registry (its measured rate times its measured round
+	// trip), within readahead; 0 turns it off (readahead "0" does too).
+	// Default 4.
+	FaultAround float64 `toml:"fault_around"`
 	// MetadataFirst fetches the chunks of an image's filesystem metadata
 	// (superblock, group descriptors, bitmaps, inode tables, directories)
 	// as soon as it is attached, before its first reads. Default true.
@@ -163,6 +169,7 @@ func defaultConfig() Config {
 			BackgroundRate:   cliutil.FormatSizeExact(blockcache.DefaultBackgroundRate),
 			BackgroundQuiet:  blockcache.DefaultBackgroundQuiet.String(),
 			Readahead:        cliutil.FormatSizeExact(blockcache.DefaultReadahead),
+			FaultAround:      blockcache.DefaultFaultAround,
 			MetadataFirst:    true,
 			ReadTimeout:      blockcache.DefaultReadTimeout.String(),
 			FetchConcurrency: blockcache.DefaultConcurrency,
@@ -267,6 +274,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.readahead, err = cliutil.ParseSize(c.Cache.Readahead); err != nil {
 		return fmt.Errorf("cache.readahead: want a size such as \"4MiB\" (\"0\": off), got %q", c.Cache.Readahead)
+	}
+	if c.Cache.FaultAround < 0 || c.Cache.FaultAround > 64 {
+		return fmt.Errorf("cache.fault_around: want round trips' worth of the link between 0 (off) and 64, got %v", c.Cache.FaultAround)
 	}
 	if c.Cache.readTimeout, err = time.ParseDuration(c.Cache.ReadTimeout); err != nil || c.Cache.readTimeout <= 0 {
 		return fmt.Errorf("cache.read_timeout: want a duration such as \"30s\", got %q", c.Cache.ReadTimeout)

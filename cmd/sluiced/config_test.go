@@ -50,6 +50,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"[cache]\nbackground_quiet = \"-1s\"":                            "cache.background_quiet:",
 		"[cache]\nbackground_quiet = \"soon\"":                           "cache.background_quiet:",
 		"[cache]\nreadahead = \"far\"":                                   "cache.readahead:",
+		"[cache]\nfault_around = -1":                                     "cache.fault_around:",
 		"[cache]\nmetadata_first = \"yes\"":                              "metadata_first",
 		"[cache]\nfetch_concurrency = 0":                                 "cache.fetch_concurrency:",
 		"[cache]\nbogus = 1":                                             "unknown field cache.bogus",
