@@ -11,11 +11,11 @@ import (
 // arrive. Fault-around sizes its fetches from their product, the bytes a
 // round trip is worth (see WithFaultAround).
 type linkEstimate struct {
-	mu       sync.Mutex
-	rtt      time.Duration // moving average of request to headers
-	rate     float64       // moving average of body bytes per second
-	rtts     int           // samples of each so far
-	rates    int
+	mu    sync.Mutex
+	rtt   time.Duration // moving average of request to headers
+	rate  float64       // moving average of body bytes per second
+	rtts  int           // samples of each so far
+	rates int
 }
 
 // linkMinBody is the smallest body whose arrival rate is a sample: a
