@@ -53,6 +53,12 @@ const (
 	// fetched; 1 chunk 7.0-7.2 s, 137, 31.8 MiB; 3 chunks 6.0-6.5 s, 95,
 	// 34.7 MiB; 7 chunks 4.7 s, 69, 39.5 MiB; 15 chunks 5.4-5.5 s, 63,
 	// 48.3 MiB. 7 chunks there are about 1 MB compressed, 4 round trips of
-	// that link (12.5 MB/s x 20 ms = 250 KB each).
-	DefaultFaultAround = 4.0
+	// that link (12.5 MB/s x 20 ms = 250 KB each); 4 is what to set.
+	//
+	// Off by default for now: it fetches around every fault, random ones
+	// too, and bench/fio's cold phase (random blocks over a 1 GiB image)
+	// then fetches several times the bytes of the chunks it reads. It is
+	// to turn on once it follows whether the chunks it brought were read
+	// (as the kernel's readahead does) and stops where they are not.
+	DefaultFaultAround = 0.0
 )

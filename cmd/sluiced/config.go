@@ -129,7 +129,8 @@ type CacheConfig struct {
 	// the chunks after its own, up to this many round trips' worth of the
 	// link to the registry (its measured rate times its measured round
 	// trip), within readahead; 0 turns it off (readahead "0" does too).
-	// Default 4.
+	// Default 0 (off; 4 is what to set where starts matter more than
+	// bytes).
 	FaultAround float64 `toml:"fault_around"`
 	// MetadataFirst fetches the chunks of an image's filesystem metadata
 	// (superblock, group descriptors, bitmaps, inode tables, directories)
