@@ -58,3 +58,43 @@ func TestRangeGet(t *testing.T) {
 		t.Errorf("HEAD of the blob: %s, Accept-Ranges %q, Content-Length %d; want 200, bytes, %d", head.Status, head.Header.Get("Accept-Ranges"), head.ContentLength, len(blob))
 	}
 }
+
+// TestRangePastTheEnd: a range whose last byte is at or past the blob's
+// end gets the blob's remainder, as from distribution's registry (nbdkit
+// 1.32's curl plugin asks for one byte past each range it reads).
+func TestRangePastTheEnd(t *testing.T) {
+	srv := httptest.NewServer(newHandler())
+	defer srv.Close()
+	img, err := random.Image(100000, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/bench/x:latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	dgst, _ := layers[0].Digest()
+	rc, _ := layers[0].Compressed()
+	blob, _ := io.ReadAll(rc)
+	size := len(blob)
+	for _, last := range []int{size, size + 1000} {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/v2/bench/x/blobs/%s", srv.URL, dgst), nil)
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", size-500, last))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, blob[size-500:]) {
+			t.Errorf("Range bytes=%d-%d of a %d-byte blob: %s, %d bytes; want 206 and its last 500 bytes", size-500, last, size, resp.Status, len(got))
+		}
+		if cr := resp.Header.Get("Content-Range"); cr != fmt.Sprintf("bytes %d-%d/%d", size-500, size-1, size) {
+			t.Errorf("Content-Range %q", cr)
+		}
+	}
+}
