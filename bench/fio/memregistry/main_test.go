@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -19,21 +20,7 @@ import (
 func TestRangeGet(t *testing.T) {
 	srv := httptest.NewServer(newHandler())
 	defer srv.Close()
-	img, err := random.Image(100000, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/bench/x:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	dgst, _ := layers[0].Digest()
-	rc, _ := layers[0].Compressed()
-	blob, _ := io.ReadAll(rc)
+	dgst, blob := pushLayer(t, srv.URL)
 	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/v2/bench/x/blobs/%s", srv.URL, dgst), nil)
 	req.Header.Set("Range", "bytes=100-1099")
 	resp, err := http.DefaultClient.Do(req)
@@ -65,21 +52,7 @@ func TestRangeGet(t *testing.T) {
 func TestRangePastTheEnd(t *testing.T) {
 	srv := httptest.NewServer(newHandler())
 	defer srv.Close()
-	img, err := random.Image(100000, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/bench/x:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	dgst, _ := layers[0].Digest()
-	rc, _ := layers[0].Compressed()
-	blob, _ := io.ReadAll(rc)
+	dgst, blob := pushLayer(t, srv.URL)
 	size := len(blob)
 	for _, last := range []int{size, size + 1000} {
 		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/v2/bench/x/blobs/%s", srv.URL, dgst), nil)
@@ -97,4 +70,39 @@ func TestRangePastTheEnd(t *testing.T) {
 			t.Errorf("Content-Range %q", cr)
 		}
 	}
+}
+
+// pushLayer pushes a random one-layer image to the registry at url as
+// bench/x:latest and returns its layer's digest and blob.
+func pushLayer(t *testing.T, url string) (v1.Hash, []byte) {
+	t.Helper()
+	img, err := random.Image(100000, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(url, "http://") + "/bench/x:latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dgst, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	blob, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dgst, blob
 }
