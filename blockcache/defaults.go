@@ -56,9 +56,10 @@ const (
 	// that link (12.5 MB/s x 20 ms = 250 KB each); 4 is what to set.
 	//
 	// Off by default for now: it fetches around every fault, random ones
-	// too, and bench/fio's cold phase (random blocks over a 1 GiB image)
-	// then fetches several times the bytes of the chunks it reads. It is
-	// to turn on once it follows whether the chunks it brought were read
-	// (as the kernel's readahead does) and stops where they are not.
+	// too, where the chunks around are seldom read, and bench/fio's
+	// cold-bytes target (random blocks over a 1 GiB image) counts those
+	// bytes (not measured with it on yet). It is to turn on once it
+	// follows whether the chunks it brought were read (as the kernel's
+	// readahead does) and stops where they are not.
 	DefaultFaultAround = 0.0
 )
